@@ -1,0 +1,37 @@
+# The two set-up commands (see README.md):
+#   make demo   run the examples on the embedded default (SQLite, in-process worker)
+#   make test   install what the tests need, start the servers, run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m examples.demo
+
+test: $(VENV)/.installed
+	bash scripts/install-servers.sh
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/engine -q
+
+bench: $(VENV)/.installed
+	bash scripts/install-servers.sh
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache celery_durable.sqlite3* bank.sqlite3*

@@ -1,0 +1,246 @@
+"""Handles on workflow instances: start, wait for, inspect.
+
+This module needs a store and a way to wake an instance's orchestrator, described by the
+:class:`Runtime` protocol; it never imports celery, so the layering stays
+engine <- stores <- client <- runtime.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Generic, Protocol, TypeVar
+
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
+from celery_durable.engine.serialization import Codec
+from celery_durable.errors import (
+    DurableError,
+    SerializationError,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowStuck,
+)
+from celery_durable.stores.base import Store
+
+R = TypeVar("R")
+
+
+class Runtime(Protocol):
+    """What a handle needs from the runtime that owns the store and the broker."""
+
+    @property
+    def store(self) -> Store:
+        """The journal store."""
+        ...
+
+    def codec(self, name: str | None = None) -> Codec:
+        """The codec called ``name`` (the configured one when ``None``)."""
+        ...
+
+    def send_resume(self, instance_id: str, countdown: float | None = None) -> None:
+        """Publish a message that runs the instance's orchestrator."""
+        ...
+
+    def now(self) -> datetime:
+        """The current time (UTC, aware)."""
+        ...
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """One journaled command, decoded for people.
+
+    Attributes:
+        seq: position in the workflow's sequence of commands.
+        kind: ``"step"`` or ``"run"``.
+        name: the step's task name or the local function's name.
+        args / kwargs: what the command was given.
+        state: ``"scheduled"``, ``"started"``, ``"completed"`` or ``"failed"``.
+        result: the decoded result once completed.
+        error: the failure once failed.
+        scheduled_at / started_at / completed_at: timestamps (UTC).
+        attempts: how many times a worker started it.
+    """
+
+    seq: int
+    kind: Kind
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: State
+    result: Any
+    error: Failure | None
+    scheduled_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    attempts: int
+
+
+class WorkflowHandle(Generic[R]):
+    """A reference to one workflow instance, by id; cheap to create, safe to keep.
+
+    Args:
+        runtime: the :class:`~celery_durable.Durable` that owns the store.
+        workflow_id: the instance's id.
+    """
+
+    def __init__(self, runtime: Runtime, workflow_id: str) -> None:
+        self._runtime = runtime
+        self.id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.id}>"
+
+    def _instance(self) -> Instance:
+        instance = self._runtime.store.get(self.id)
+        if instance is None:
+            raise WorkflowNotFound(f"no workflow instance with id {self.id!r} in the store")
+        return instance
+
+    def status(self) -> Status:
+        """The instance's status: pending, running, completed, failed or stuck."""
+        return self._instance().status
+
+    def result(self, timeout: float | None = None, interval: float = 0.25) -> R:
+        """Wait for the workflow to finish and return its result.
+
+        Args:
+            timeout: seconds to wait; ``None`` waits forever.
+            interval: the longest pause between two looks at the store (polling starts
+                fast and backs off to this).
+
+        Raises:
+            WorkflowFailed: the workflow ended with an exception; ``.type`` names it.
+            WorkflowStuck: the workflow is parked (e.g. changed code); ``.type`` and
+                ``.message`` say why.
+            TimeoutError: still running after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = min(0.005, interval)
+        while True:
+            instance = self._instance()
+            if instance.status is Status.COMPLETED:
+                if instance.output is None:
+                    return None  # type: ignore[return-value]
+                value: R = self._runtime.codec(instance.serializer).loads(instance.output)
+                return value
+            failure = instance.failure or Failure("UnknownError", "no error was recorded")
+            if instance.status is Status.FAILED:
+                raise WorkflowFailed(failure.type, failure.message, failure.details)
+            if instance.status is Status.STUCK:
+                raise WorkflowStuck(failure.type, failure.message, failure.details)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"workflow {self.id} ({instance.workflow}) is still {instance.status.value} "
+                    f"after {timeout} s"
+                )
+            wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
+            time.sleep(wait)
+            pause = min(pause * 2, interval)
+
+    def history(self) -> list[HistoryEvent]:
+        """The instance's journal, decoded, in order."""
+        loaded = self._runtime.store.load(self.id)
+        if loaded is None:
+            raise WorkflowNotFound(f"no workflow instance with id {self.id!r} in the store")
+        instance, events = loaded
+        codec = self._runtime.codec(instance.serializer)
+        return [_describe(event, codec) for event in events]
+
+
+def _describe(event: Event, codec: Codec) -> HistoryEvent:
+    args: Sequence[Any] = ()
+    kwargs: dict[str, Any] = {}
+    if event.input is not None:
+        args, kwargs = codec.loads(event.input)
+    return HistoryEvent(
+        seq=event.seq,
+        kind=event.kind,
+        name=event.name,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        state=event.state,
+        result=codec.loads(event.output) if event.output is not None else None,
+        error=event.failure,
+        scheduled_at=event.scheduled_at,
+        started_at=event.started_at,
+        completed_at=event.completed_at,
+        attempts=event.attempts,
+    )
+
+
+def encode_input(
+    codec: Codec, workflow: str, args: Sequence[Any], kwargs: dict[str, Any]
+) -> str:
+    """Encode a workflow's arguments, naming the one that cannot be encoded.
+
+    Raises:
+        SerializationError: an argument the codec cannot encode; nothing is stored.
+    """
+    try:
+        return codec.dumps([list(args), kwargs])
+    except SerializationError:
+        labelled = [(f"argument {i}", a) for i, a in enumerate(args)]
+        labelled += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+        for label, value in labelled:
+            try:
+                codec.dumps(value)
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"{label} of workflow {workflow!r} ({type(value).__name__}) cannot be "
+                    f"encoded with the {codec.name!r} serializer: nothing was started. Pass plain "
+                    "data (str, int, float, bool, None, Decimal, datetime, UUID, list, dict) "
+                    "or set app.conf.durable_serializer to a serializer that handles it. "
+                    f"({exc.__cause__ or exc})"
+                ) from exc
+        raise
+
+
+def start(
+    runtime: Runtime,
+    workflow: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    *,
+    workflow_id: str | None = None,
+    countdown: float | None = None,
+) -> WorkflowHandle[Any]:
+    """Create an instance (or find the existing one with that id) and wake its orchestrator.
+
+    Starting twice with one ``workflow_id`` returns the first run; the resume message is
+    sent again only while that run has not made its first commit, which repairs a start
+    whose message was lost.
+
+    Raises:
+        SerializationError: an argument cannot be encoded; nothing is stored.
+        DurableError: ``workflow_id`` already belongs to another workflow.
+    """
+    codec = runtime.codec()
+    encoded = encode_input(codec, workflow, args, kwargs)
+    now = runtime.now()
+    instance = Instance(
+        id=workflow_id or uuid.uuid4().hex,
+        workflow=workflow,
+        status=Status.PENDING,
+        input=encoded,
+        serializer=codec.name,
+        created_at=now,
+        updated_at=now,
+    )
+    stored, created = runtime.store.create(instance)
+    if stored.workflow != workflow:
+        raise DurableError(
+            f"workflow id {stored.id!r} already belongs to workflow {stored.workflow!r}, "
+            f"not {workflow!r}; choose another workflow_id"
+        )
+    if created or stored.status is Status.PENDING:
+        runtime.send_resume(stored.id, countdown=countdown if created else None)
+    return WorkflowHandle(runtime, stored.id)
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, timezone-aware."""
+    return datetime.now(timezone.utc)

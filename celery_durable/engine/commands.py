@@ -1,0 +1,41 @@
+"""What one orchestrator pass decides: the journal changes to commit and the steps to send.
+
+The runtime commits a :class:`Decision` (compare-and-set on the instance version) and only
+then publishes its :attr:`Decision.steps`; that order is the outbox guarantee.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery_durable.engine.journal import Event, Failure, Status
+
+
+@dataclass(frozen=True)
+class ScheduleStep:
+    """Send the step task ``name`` with these arguments; its journal record is ``seq``."""
+
+    seq: int
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class Decision:
+    """The outcome of replaying a workflow over its journal.
+
+    Attributes:
+        status: the instance's status after this pass (RUNNING while it waits).
+        new_events: events to insert: steps scheduled, local runs with their outcome.
+        steps: the step messages to publish once ``new_events`` are committed.
+        output: the encoded result when ``status`` is COMPLETED.
+        failure: the error when ``status`` is FAILED or STUCK.
+    """
+
+    status: Status
+    new_events: list[Event] = field(default_factory=list)
+    steps: list[ScheduleStep] = field(default_factory=list)
+    output: str | None = None
+    failure: Failure | None = None

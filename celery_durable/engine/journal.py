@@ -1,0 +1,146 @@
+"""The journal's record types: one instance row and one event per command.
+
+Payloads (workflow input, step input, results) are kept *encoded* (a ``str`` produced by
+the instance's codec) so that stores never need to understand them; failures are plain
+data (:class:`Failure`) that every store keeps as JSON.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    """Where a workflow instance is in its life."""
+
+    PENDING = "pending"
+    """Created; its first orchestrator pass has not committed yet."""
+    RUNNING = "running"
+    """Waiting on at least one command (a step, a timer, ...)."""
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STUCK = "stuck"
+    """Parked: replay cannot go on (changed code); the journal is kept for a retry."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the states an instance never leaves by itself."""
+        return self in (Status.COMPLETED, Status.FAILED)
+
+
+class Kind(str, Enum):
+    """What an event's command is."""
+
+    STEP = "step"
+    """A ``@durable.step`` Celery task, run remotely by a worker."""
+    RUN = "run"
+    """A local function run inline by the orchestrator (``ctx.run``)."""
+
+
+class State(str, Enum):
+    """Where one command is: pending (scheduled, started) or done (completed, failed)."""
+
+    SCHEDULED = "scheduled"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        """True once the command's outcome is journaled."""
+        return self in (State.COMPLETED, State.FAILED)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A journaled exception: its class name, message and (optionally) traceback."""
+
+    type: str
+    message: str
+    details: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, with_traceback: bool = True) -> Failure:
+        """Describe ``exc`` as journal data."""
+        details = None
+        if with_traceback and exc.__traceback__ is not None:
+            details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(type=type(exc).__name__, message=str(exc), details=details)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form stores keep."""
+        return {"type": self.type, "message": self.message, "details": self.details}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Failure:
+        """Inverse of :meth:`to_dict`."""
+        return cls(type=data["type"], message=data["message"], details=data.get("details"))
+
+
+@dataclass
+class Event:
+    """One command of a workflow instance, keyed by its position ``seq`` (0, 1, 2, ...).
+
+    Attributes:
+        seq: the command's position in the workflow's sequence of commands.
+        kind: what the command is (:class:`Kind`).
+        name: the step's task name or the local function's name; replay checks it.
+        input: the encoded ``[args, kwargs]`` the command was given.
+        state: pending or final (:class:`State`).
+        output: the encoded result, once ``state`` is COMPLETED.
+        failure: the failure, once ``state`` is FAILED.
+        scheduled_at: when the orchestrator pass that created the command ran.
+        started_at: when a worker last started the step.
+        completed_at: when the outcome was journaled.
+        attempts: how many times a worker started the step.
+    """
+
+    seq: int
+    kind: Kind
+    name: str
+    input: str | None
+    state: State
+    scheduled_at: datetime
+    output: str | None = None
+    failure: Failure | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    attempts: int = 0
+
+
+@dataclass
+class Instance:
+    """One run of a workflow.
+
+    Attributes:
+        id: the workflow id (given by the caller, or generated).
+        workflow: the registered workflow name.
+        status: see :class:`Status`.
+        input: the encoded ``[args, kwargs]``.
+        serializer: the name of the codec every payload of this instance is encoded with.
+        version: bumped by every commit; the compare-and-set token.
+        created_at / updated_at: timestamps (UTC).
+        output: the encoded result once COMPLETED.
+        failure: the error once FAILED or STUCK.
+        wake_at: when the instance wants its orchestrator run next, if it waits on time.
+        custom_status: an encoded value set by the workflow for observers.
+        parent_id: the parent instance of a child workflow.
+    """
+
+    id: str
+    workflow: str
+    status: Status
+    input: str
+    serializer: str
+    created_at: datetime
+    updated_at: datetime
+    version: int = 0
+    output: str | None = None
+    failure: Failure | None = None
+    wake_at: datetime | None = None
+    custom_status: str | None = None
+    parent_id: str | None = None

@@ -1,0 +1,349 @@
+"""``Durable(app)``: workflows and steps on an existing Celery app.
+
+This is the only layer that imports celery. It registers one orchestrator task,
+``celery_durable.resume``, and turns ``@durable.step`` functions into real Celery tasks.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+
+from celery import Celery, Task
+
+from celery_durable.client import WorkflowHandle, start, utcnow
+from celery_durable.engine.commands import ScheduleStep
+from celery_durable.engine.context import WorkflowContext
+from celery_durable.engine.journal import Instance, Status
+from celery_durable.errors import (
+    ConfigurationError,
+    DurableError,
+    StoreError,
+    UnknownWorkflow,
+    WorkflowNotFound,
+)
+from celery_durable.runtime.codec import KombuCodec
+from celery_durable.runtime.orchestrator import StepOutcome, advance
+from celery_durable.runtime.settings import Settings
+from celery_durable.runtime.steps import DurableStep, step_task_id
+from celery_durable.stores.base import Commit, Store, open_store
+
+logger = logging.getLogger("celery_durable")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+WorkflowFunction = Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]]
+
+RESUME_TASK = "celery_durable.resume"
+
+
+class Workflow(Generic[P, R]):
+    """A registered workflow; start it with :meth:`delay` or :meth:`apply_async`.
+
+    Attributes:
+        name: the stable name the journal records (module + function name by default).
+        fn: the ``async def`` function.
+    """
+
+    def __init__(self, durable: Durable, fn: WorkflowFunction[P, R], name: str) -> None:
+        self.durable = durable
+        self.fn = fn
+        self.name = name
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"workflow {self.name!r} is not called directly: start it with "
+            f"{self.fn.__name__}.delay(...) or .apply_async(...)"
+        )
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> WorkflowHandle[R]:
+        """Start the workflow with these arguments; see :meth:`apply_async`."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        workflow_id: str | None = None,
+        countdown: float | None = None,
+    ) -> WorkflowHandle[R]:
+        """Start the workflow.
+
+        Args:
+            args: positional arguments (after ``ctx``).
+            kwargs: keyword arguments.
+            workflow_id: the instance id; starting again with the same id returns the
+                existing run instead of a second one. A random id by default.
+            countdown: seconds before the workflow's first pass runs.
+
+        Returns:
+            A handle on the (new or existing) instance.
+
+        Raises:
+            SerializationError: an argument cannot be encoded; nothing is stored.
+        """
+        handle: WorkflowHandle[R] = start(
+            self.durable,
+            self.name,
+            tuple(args),
+            dict(kwargs or {}),
+            workflow_id=workflow_id,
+            countdown=countdown,
+        )
+        return handle
+
+
+class Durable:
+    """Durable workflows and steps for a Celery app.
+
+    Args:
+        app: the Celery app; its ``durable_*`` settings are read when first needed.
+        store: a store object or URL that overrides ``durable_store`` (tests, tools).
+        clock: a function returning the current UTC time (``celery_durable.testing``
+            supplies a controllable one); the wall clock by default.
+
+    Example::
+
+        app = Celery("bank", broker="redis://localhost:6379/0")
+        durable = Durable(app)
+
+        @durable.step
+        def charge(account: str, amount: Decimal) -> str: ...
+
+        @durable.workflow
+        async def checkout(ctx, account: str, amount: Decimal) -> str:
+            return await ctx.step(charge, account, amount)
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        store: Store | str | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.app = app
+        self.workflows: dict[str, Workflow[Any, Any]] = {}
+        self._store_arg = store
+        self._store: Store | None = store if store is not None and not isinstance(store, str) else None
+        self._settings: Settings | None = None
+        self._codecs: dict[str, KombuCodec] = {}
+        self._clock = clock or utcnow
+        self._lock = threading.Lock()
+        self._resume_task = self._register_resume_task()
+
+    # -- configuration ---------------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        """The ``durable_*`` settings, read from ``app.conf`` on first use."""
+        if self._settings is None:
+            self._settings = Settings.from_conf(self.app.conf)
+        return self._settings
+
+    @property
+    def store(self) -> Store:
+        """The journal store, opened on first use."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    url = self._store_arg if isinstance(self._store_arg, str) else None
+                    self._store = open_store(url or self.settings.store)
+        return self._store
+
+    def codec(self, name: str | None = None) -> KombuCodec:
+        """The payload codec called ``name``; the configured ``durable_serializer`` by default."""
+        name = name or self.settings.serializer
+        codec = self._codecs.get(name)
+        if codec is None:
+            codec = self._codecs[name] = KombuCodec(name)
+        return codec
+
+    def now(self) -> datetime:
+        """The current time (UTC, aware) from this runtime's clock."""
+        return self._clock()
+
+    # -- decorators ------------------------------------------------------------------
+    @overload
+    def step(self, fn: F, /) -> F: ...
+    @overload
+    def step(self, /, **options: Any) -> Callable[[F], F]: ...
+    def step(self, fn: Any = None, /, **options: Any) -> Any:
+        """Declare a step: a real Celery task whose outcome the workflow journals.
+
+        Takes any ``app.task`` option (``name``, ``queue``, ``autoretry_for``,
+        ``retry_backoff``, ``max_retries``, ``rate_limit``, ...). ``acks_late`` and
+        ``reject_on_worker_lost`` are on by default so a killed worker's step runs again,
+        and ``ignore_result`` is on (the journal keeps results). Inside the step,
+        :func:`celery_durable.current_step` gives its idempotency key.
+
+        Usable bare (``@durable.step``) or with options (``@durable.step(name="Pay")``).
+        """
+
+        def decorate(func: Any) -> Any:
+            if inspect.iscoroutinefunction(func):
+                raise TypeError(
+                    f"@durable.step needs a plain def function, and {func.__qualname__} is "
+                    "async def; Celery tasks are synchronous (workflows are the async part)"
+                )
+            # Not shared: the task belongs to this app's Durable, not to every app.
+            options.setdefault("shared", False)
+            return self.app.task(base=DurableStep, durable=self, **options)(func)
+
+        return decorate(fn) if fn is not None else decorate
+
+    @overload
+    def workflow(self, fn: WorkflowFunction[P, R], /) -> Workflow[P, R]: ...
+    @overload
+    def workflow(
+        self, /, *, name: str | None = None
+    ) -> Callable[[WorkflowFunction[P, R]], Workflow[P, R]]: ...
+    def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
+        """Declare a workflow: an ``async def`` function taking ``ctx`` first.
+
+        Args:
+            name: the stable name the journal records; defaults to
+                ``module.function`` (as Celery names tasks). Keep it when moving code.
+
+        Raises:
+            TypeError: the function is not ``async def``.
+            ConfigurationError: another function is registered under that name.
+        """
+
+        def decorate(func: WorkflowFunction[P, R]) -> Workflow[P, R]:
+            if not inspect.iscoroutinefunction(func):
+                raise TypeError(
+                    f"@durable.workflow needs an async def function taking ctx first; "
+                    f"{getattr(func, '__qualname__', func)!r} is not one"
+                )
+            wf_name = name or self.app.gen_task_name(func.__name__, func.__module__)
+            existing = self.workflows.get(wf_name)
+            if existing is not None and existing.fn.__qualname__ != func.__qualname__:
+                raise ConfigurationError(
+                    f"workflow name {wf_name!r} is taken by {existing.fn.__qualname__}; "
+                    "give one of them another name=..."
+                )
+            workflow = Workflow(self, func, wf_name)
+            self.workflows[wf_name] = workflow
+            return workflow
+
+        return decorate(fn) if fn is not None else decorate
+
+    # -- queries ---------------------------------------------------------------------
+    def handle(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle on an existing instance (no store access until it is used)."""
+        return WorkflowHandle(self, workflow_id)
+
+    def list(
+        self, *, status: Status | str | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[Instance]:
+        """Instance records, newest first, filtered by status and/or workflow name."""
+        return self.store.list(
+            status=Status(status) if status is not None else None, workflow=workflow, limit=limit
+        )
+
+    def retry(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """Resume a ``stuck`` instance (after fixing its code): replay it again.
+
+        Raises:
+            WorkflowNotFound: no such instance.
+            DurableError: the instance is not stuck.
+        """
+        while True:
+            instance = self.store.get(workflow_id)
+            if instance is None:
+                raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
+            if instance.status is not Status.STUCK:
+                raise DurableError(
+                    f"workflow {workflow_id} is {instance.status.value}, not stuck; "
+                    "only stuck instances are retried"
+                )
+            if self.store.commit(
+                Commit(
+                    instance_id=workflow_id,
+                    expected_version=instance.version,
+                    status=Status.RUNNING,
+                    updated_at=self.now(),
+                )
+            ):
+                break
+        self.send_resume(workflow_id)
+        return self.handle(workflow_id)
+
+    # -- the runtime's moving parts --------------------------------------------------
+    def advance(self, instance_id: str, outcome: StepOutcome | None = None) -> None:
+        """Run one orchestrator pass for ``instance_id`` (see :mod:`.orchestrator`)."""
+        advance(self, instance_id, outcome)
+
+    def resolve_step(self, task: Any) -> str:
+        """The task name ``ctx.step`` journals for ``task``; rejects what is not a step."""
+        if isinstance(task, str):
+            return task
+        if isinstance(task, DurableStep):
+            return str(task.name)
+        if isinstance(task, Task):
+            raise TypeError(
+                f"{task.name} is a plain Celery task; declare it with @durable.step so "
+                "its outcome is journaled"
+            )
+        raise TypeError(
+            f"ctx.step() takes a @durable.step task, not {type(task).__name__}; "
+            "for a local function use ctx.run()"
+        )
+
+    def send_step(self, instance_id: str, step: ScheduleStep) -> None:
+        """Publish a committed step; its task id is ``"<instance_id>:<seq>"``."""
+        task_id = step_task_id(instance_id, step.seq)
+        task = self.app.tasks.get(step.name)
+        if task is not None:
+            task.apply_async(step.args, step.kwargs, task_id=task_id)
+        else:
+            self.app.send_task(step.name, step.args, step.kwargs, task_id=task_id)
+
+    def send_resume(self, instance_id: str, countdown: float | None = None) -> None:
+        """Publish a message that runs the instance's orchestrator on some worker."""
+        options: dict[str, Any] = {}
+        if self.settings.queue:
+            options["queue"] = self.settings.queue
+        if countdown:
+            options["countdown"] = countdown
+        self._resume_task.apply_async((instance_id,), **options)
+
+    def _register_resume_task(self) -> Any:
+        durable = self
+
+        @self.app.task(
+            name=RESUME_TASK,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            max_retries=None,
+            shared=False,
+        )
+        def resume(task: Task, instance_id: str) -> None:
+            retries = int(task.request.retries or 0)
+            try:
+                durable.advance(instance_id)
+            except UnknownWorkflow as exc:
+                # Code for this workflow is not deployed here (yet): wait for it.
+                logger.warning("%s; retrying", exc)
+                raise task.retry(exc=exc, countdown=min(5 * 2**retries, 300)) from exc
+            except StoreError as exc:
+                logger.warning("workflow %s: store unavailable (%s); retrying", instance_id, exc)
+                raise task.retry(exc=exc, countdown=min(2**retries, 60)) from exc
+            except WorkflowNotFound:
+                logger.error("resume: no workflow instance %s in the store; dropped", instance_id)
+
+        return resume

@@ -1,0 +1,164 @@
+"""One orchestrator pass: load the journal, replay, commit with compare-and-set, publish.
+
+The commit happens before any message is published (the outbox rule). A pass that loses
+the compare-and-set re-reads the journal and replays again, so an outcome that raced
+with another pass is never left un-resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from celery_durable.engine.commands import Decision
+from celery_durable.engine.journal import Event, Failure, State, Status
+from celery_durable.engine.replay import replay
+from celery_durable.errors import (
+    SerializationError,
+    StoreError,
+    UnknownWorkflow,
+    WorkflowNotFound,
+)
+from celery_durable.stores.base import Commit
+
+if TYPE_CHECKING:
+    from celery_durable.runtime.durable import Durable
+
+logger = logging.getLogger("celery_durable")
+
+#: How many times one pass re-reads after losing the compare-and-set before giving up
+#: (the caller then retries the message); losing means another pass made progress.
+MAX_CAS_ROUNDS = 100
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What a step worker reports: the step's position and its result or failure."""
+
+    seq: int
+    result: Any = None
+    failure: Failure | None = None
+
+
+def _journal_outcome(durable: Durable, event: Event, outcome: StepOutcome, codec_name: str) -> Event:
+    """The event with ``outcome`` written in; a result the codec refuses becomes a failure."""
+    failure = outcome.failure
+    output = None
+    if failure is None:
+        try:
+            output = durable.codec(codec_name).dumps(outcome.result)
+        except SerializationError as exc:
+            failure = Failure(
+                "SerializationError",
+                f"the result of step {event.name!r} cannot be journaled ({exc}); "
+                "return plain data from steps",
+            )
+    return replace(
+        event,
+        state=State.FAILED if failure else State.COMPLETED,
+        output=output,
+        failure=failure,
+        completed_at=durable.now(),
+    )
+
+
+def advance(durable: Durable, instance_id: str, outcome: StepOutcome | None = None) -> None:
+    """Run the orchestrator of ``instance_id`` once, journaling ``outcome`` in the same commit.
+
+    Args:
+        durable: the runtime.
+        instance_id: the instance to advance.
+        outcome: a step's result or failure to journal. If the journal already holds an
+            outcome for that step, this one is dropped (first writer wins) and the pass
+            only makes sure the workflow moved on.
+
+    Raises:
+        WorkflowNotFound: no such instance.
+        UnknownWorkflow: the instance's workflow is not registered in this process; the
+            outcome (if any) was journaled first, so a worker that knows it can go on.
+        StoreError: the store failed, or the compare-and-set kept losing.
+    """
+    store = durable.store
+    for _ in range(MAX_CAS_ROUNDS):
+        loaded = store.load(instance_id)
+        if loaded is None:
+            raise WorkflowNotFound(f"no workflow instance with id {instance_id!r} in the store")
+        instance, events = loaded
+        outcomes: list[Event] = []
+        if outcome is not None:
+            journaled = events[outcome.seq] if outcome.seq < len(events) else None
+            if journaled is None or journaled.seq != outcome.seq:
+                logger.error(
+                    "workflow %s has no journal record %d; dropping its outcome",
+                    instance_id,
+                    outcome.seq,
+                )
+                outcome = None
+            elif journaled.state.is_final:
+                outcome = None  # a duplicate delivery lost the race: first writer wins
+            else:
+                merged = _journal_outcome(durable, journaled, outcome, instance.serializer)
+                events[outcome.seq] = merged
+                outcomes.append(merged)
+
+        workflow = durable.workflows.get(instance.workflow)
+        if instance.status.is_terminal or instance.status is Status.STUCK or workflow is None:
+            # Nothing to replay here, but an outcome is journaled all the same.
+            if outcomes and not store.commit(
+                Commit(
+                    instance_id=instance_id,
+                    expected_version=instance.version,
+                    status=instance.status,
+                    updated_at=durable.now(),
+                    output=instance.output,
+                    failure=instance.failure,
+                    outcomes=outcomes,
+                )
+            ):
+                continue
+            if workflow is None and not instance.status.is_terminal:
+                raise UnknownWorkflow(
+                    f"workflow {instance.workflow!r} (instance {instance_id}) is not registered "
+                    "in this worker; import the module that defines it in the app "
+                    "(e.g. Celery's `include=`) so this worker can run it"
+                )
+            return
+
+        now = durable.now()
+        decision: Decision = replay(
+            workflow.fn,
+            instance,
+            events,
+            codec=durable.codec(instance.serializer),
+            now=now,
+            resolve_step=durable.resolve_step,
+        )
+        committed = store.commit(
+            Commit(
+                instance_id=instance_id,
+                expected_version=instance.version,
+                status=decision.status,
+                updated_at=now,
+                output=decision.output,
+                failure=decision.failure,
+                new_events=decision.new_events,
+                outcomes=outcomes,
+            )
+        )
+        if not committed:
+            continue
+        if decision.status is Status.STUCK and instance.status is not Status.STUCK:
+            logger.error(
+                "workflow %s (%s) is stuck: %s: %s",
+                instance_id,
+                instance.workflow,
+                decision.failure.type if decision.failure else "?",
+                decision.failure.message if decision.failure else "",
+            )
+        for step in decision.steps:
+            durable.send_step(instance_id, step)
+        return
+    raise StoreError(
+        f"workflow {instance_id}: gave up after {MAX_CAS_ROUNDS} lost compare-and-set rounds"
+    )

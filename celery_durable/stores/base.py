@@ -1,0 +1,134 @@
+"""The store protocol every journal backend implements (the seed's ``IProcessStorage``).
+
+Rules every store keeps (the contract suite in ``celery_durable.testing.contract`` checks
+them on each implementation):
+
+* :meth:`Store.create` is idempotent on the instance id: a second create returns the
+  existing instance and ``False``.
+* :meth:`Store.commit` is one transaction, applied only if the instance's version still
+  equals ``expected_version``; it then bumps the version by one. Two commits against the
+  same version never both succeed.
+* An event's outcome is written only while the event is pending (first writer wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from celery_durable.engine.journal import Event, Failure, Instance, State, Status
+from celery_durable.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One orchestrator transaction.
+
+    Attributes:
+        instance_id: the instance to change.
+        expected_version: the version the orchestrator read; the compare-and-set token.
+        status: the instance's new status.
+        output: the encoded result (COMPLETED).
+        failure: the error (FAILED, STUCK); ``None`` clears it.
+        new_events: events to insert (their ``seq`` values are new for this instance).
+        outcomes: existing pending events whose outcome this commit journals (their
+            ``state``, ``output``/``failure`` and ``completed_at`` are written).
+        updated_at: the commit's time.
+        wake_at: when the instance wants its orchestrator run next (a timer's due time),
+            or ``None`` (cleared). Written by every commit, like ``status``.
+        custom_status: the encoded value the workflow last set for observers, or
+            ``None``. Written by every commit (replay recomputes it on each pass).
+    """
+
+    instance_id: str
+    expected_version: int
+    status: Status
+    updated_at: datetime
+    output: str | None = None
+    failure: Failure | None = None
+    new_events: Sequence[Event] = field(default_factory=tuple)
+    outcomes: Sequence[Event] = field(default_factory=tuple)
+    wake_at: datetime | None = None
+    custom_status: str | None = None
+
+
+class Store(Protocol):
+    """Where instances and their journals live."""
+
+    def create(self, instance: Instance) -> tuple[Instance, bool]:
+        """Insert ``instance`` unless one with its id exists.
+
+        Returns:
+            The stored instance (the existing one on a duplicate id) and whether it was
+            created by this call.
+        """
+        ...
+
+    def get(self, instance_id: str) -> Instance | None:
+        """The instance row alone (for status polling), or ``None``."""
+        ...
+
+    def load(self, instance_id: str) -> tuple[Instance, list[Event]] | None:
+        """The instance and its events ordered by ``seq``, read consistently, or ``None``."""
+        ...
+
+    def commit(self, commit: Commit) -> bool:
+        """Apply ``commit`` atomically if the version still matches.
+
+        Returns:
+            ``True`` if applied (the version is now ``expected_version + 1``); ``False`` if
+            the instance changed (or vanished) since it was read, in which case nothing
+            was written.
+        """
+        ...
+
+    def start_step(self, instance_id: str, seq: int, at: datetime) -> State | None:
+        """Mark a pending step as started by a worker (``attempts += 1``, ``started_at``).
+
+        Does not change the version: it is bookkeeping, not a journal outcome.
+
+        Returns:
+            ``State.STARTED`` if the step was pending and is now marked; the final state if
+            its outcome is already journaled (the caller must not run it again); ``None``
+            if there is no such event.
+        """
+        ...
+
+    def list(
+        self, *, status: Status | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[Instance]:
+        """Instances, newest first, optionally filtered by status and workflow name."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store may be used again afterwards (it reconnects)."""
+        ...
+
+
+DEFAULT_URL = "sqlite:///celery_durable.sqlite3"
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open the store a URL names.
+
+    ``sqlite:///path``, ``postgresql+psycopg://...`` and any other SQLAlchemy URL go to the
+    SQLAlchemy store; ``redis://`` URLs go to the Redis store. ``None`` means
+    :data:`DEFAULT_URL`, a SQLite file in the working directory.
+
+    Raises:
+        ConfigurationError: the URL's scheme is unknown, or its driver is not installed
+            (the message names the extra to install).
+    """
+    url = url or DEFAULT_URL
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("redis", "rediss", "unix"):
+        raise ConfigurationError(
+            f"store URL {url!r}: the Redis store is not available in this version; "
+            "use a SQLAlchemy URL such as 'sqlite:///durable.sqlite3' or "
+            "'postgresql+psycopg://user@host/db'"
+        )
+    from celery_durable.stores.sqlalchemy import SQLAlchemyStore
+
+    return SQLAlchemyStore(url)

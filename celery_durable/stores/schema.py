@@ -1,0 +1,115 @@
+"""The SQL journal's tables (SQLAlchemy Core), shared by every SQL dialect.
+
+Enums are kept as short strings (no database enum types, nothing to migrate when a state
+is added); failures as JSON text; payloads as the encoded text the instance's codec made.
+Timestamps are UTC: ``TIMESTAMP WITH TIME ZONE`` where the dialect has it; on SQLite,
+which has no such type, naive UTC text that :class:`UTCDateTime` makes aware again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+SCHEMA_VERSION = 1
+"""The version of the tables below, recorded in ``durable_meta`` as ``schema_version``."""
+
+
+_ZONED_DIALECTS = frozenset({"postgresql", "oracle", "mssql"})
+"""Dialects whose ``DateTime(timezone=True)`` keeps an offset; others get naive UTC."""
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC ``datetime`` on every dialect.
+
+    Bound values must be aware (the store checks that before binding); they are converted
+    to UTC, and stripped of their zone on dialects that cannot keep one. Values read are
+    always aware and in UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(timezone.utc)
+        if dialect.name not in _ZONED_DIALECTS:
+            value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+metadata = MetaData()
+
+instances = Table(
+    "durable_instances",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("workflow", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("input", Text, nullable=False),
+    Column("serializer", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("failure", Text, nullable=True),
+    Column("wake_at", UTCDateTime, nullable=True),
+    Column("custom_status", Text, nullable=True),
+    Column("parent_id", String(255), nullable=True),
+    Index("ix_durable_instances_status", "status"),
+    Index("ix_durable_instances_workflow", "workflow"),
+    Index("ix_durable_instances_wake_at", "wake_at"),
+    Index("ix_durable_instances_created_at", "created_at"),
+)
+
+events = Table(
+    "durable_events",
+    metadata,
+    Column(
+        "instance_id",
+        String(255),
+        ForeignKey("durable_instances.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("input", Text, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("output", Text, nullable=True),
+    Column("failure", Text, nullable=True),
+    Column("scheduled_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False),
+)
+
+meta = Table(
+    "durable_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(255), nullable=False),
+)

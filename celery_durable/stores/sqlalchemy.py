@@ -1,0 +1,582 @@
+"""The journal in a SQL database through SQLAlchemy Core: SQLite, PostgreSQL and others.
+
+Compare-and-set
+    :meth:`SQLAlchemyStore.commit` is one transaction that starts with
+    ``UPDATE durable_instances SET version = version + 1, ... WHERE id = :id AND
+    version = :expected``. The row lock that UPDATE takes (a whole-database write lock on
+    SQLite) serializes two orchestrators committing for one instance: the second one's
+    UPDATE matches no row once the first has committed, and it returns ``False`` having
+    written nothing. Outcomes are then written with ``... WHERE state IN ('scheduled',
+    'started')``; if any of them matches no row, the event already has an outcome (first
+    writer wins) and the whole transaction is rolled back.
+
+Consistent reads
+    :meth:`SQLAlchemyStore.load` reads the instance and then its events in one transaction
+    that sees a single snapshot: ``REPEATABLE READ`` on PostgreSQL (and other server
+    databases), a plain ``BEGIN`` on SQLite, whose WAL readers see the database as of their
+    first read. So the events returned are never newer, nor older, than the version
+    returned.
+
+SQLite
+    SQLite allows one writer at a time. With the ``sqlite3`` module's default transaction
+    handling, a transaction that reads first and writes later takes the write lock only at
+    its first write, and a concurrent writer then fails at once with "database is locked"
+    (the busy timeout cannot help a transaction that already holds a read snapshot). So
+    the store takes over transaction control (the recipe in SQLAlchemy's SQLite docs):
+    ``sqlite3``'s own BEGIN is disabled and every write transaction starts with
+    ``BEGIN IMMEDIATE``, which takes the write lock up front and waits up to
+    ``busy_timeout`` for it. Writers from many processes queue instead of failing. The
+    database runs in WAL mode (readers never block the writer nor the reverse),
+    ``synchronous=NORMAL`` (durable against process crashes; an OS crash may lose the
+    last commits, never corrupt the file) and with foreign keys enforced.
+
+    Prefork workers share the file, so connections are not pooled (``NullPool``): opening
+    one costs microseconds and nothing is carried across a fork. A relative path is
+    resolved against the working directory when the store is created (a daemonized worker
+    changes its directory later). ``sqlite://`` (in memory) keeps one connection for the
+    life of the store object, shared by its threads one call at a time.
+
+Processes
+    The engine is created in the process that first uses the store and created again if
+    the process id changed: prefork workers fork after the app (and its store) is
+    imported, and a connection pool must never be shared across a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    RowMapping,
+    create_engine,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool, StaticPool
+
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
+from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
+from celery_durable.stores.base import Commit
+from celery_durable.stores.schema import SCHEMA_VERSION, events, instances, meta, metadata
+
+__all__ = ["SQLAlchemyStore"]
+
+SQLITE_BUSY_TIMEOUT = 30.0
+"""Seconds a SQLite writer waits for the write lock before failing."""
+
+CONNECT_TIMEOUT = 10
+"""Seconds to wait for a server database to accept a connection."""
+
+_PENDING = (State.SCHEDULED.value, State.STARTED.value)
+_BEGIN_OPTION = "celery_durable_begin"
+_SCHEMA_LOCK_KEY = 0x6475_7261_626C  # pg_advisory_xact_lock key: "durabl"
+_POSTGRES_HINT = "install the driver: pip install 'celery-durable[postgres]'"
+
+
+class _Abort(Exception):
+    """Roll the current transaction back; the operation reports ``False``."""
+
+
+class SQLAlchemyStore:
+    """The :class:`~celery_durable.stores.base.Store` on any SQLAlchemy 2 database.
+
+    Args:
+        url: a SQLAlchemy URL: ``sqlite:///relative.db``, ``sqlite:////abs/path.db``,
+            ``postgresql+psycopg://user:password@host/db`` (``postgresql://`` and
+            ``postgres://`` mean psycopg 3 too), or another dialect's.
+
+    Raises:
+        ConfigurationError: the URL is malformed, names an unknown dialect or an async
+            driver, or its driver is not installed. Nothing connects before first use.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = _parse_url(url)
+        self._display = _mask(self._url)
+        self._sqlite = self._url.get_backend_name() == "sqlite"
+        self._memory = self._sqlite and self._url.database in (None, "", ":memory:")
+        self._engine: Engine | None = None
+        self._engine_pid = 0
+        self._schema_ready = False
+        self._lock = threading.Lock()
+        # One in-memory SQLite connection serves every thread: calls take turns.
+        self._serial: threading.RLock | None = threading.RLock() if self._memory else None
+        _reset_locks_after_fork(self)
+
+    @property
+    def url(self) -> str:
+        """The store's URL with its password masked."""
+        return self._display
+
+    def __repr__(self) -> str:
+        return f"SQLAlchemyStore({self._display!r})"
+
+    # ------------------------------------------------------------------ Store protocol
+
+    def create(self, instance: Instance) -> tuple[Instance, bool]:
+        """Insert ``instance`` unless one with its id exists (see ``Store.create``)."""
+        values = _instance_values(instance)
+        try:
+            with self._transaction(write=True) as conn:
+                conn.execute(insert(instances).values(**values))
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, sa_exc.IntegrityError):
+                raise
+            existing = self.get(instance.id)
+            if existing is None:  # an integrity error of another kind
+                raise
+            return existing, False
+        return instance, True
+
+    def get(self, instance_id: str) -> Instance | None:
+        """The instance row alone, or ``None``."""
+        with self._transaction() as conn:
+            row = conn.execute(select(instances).where(instances.c.id == instance_id))
+            found = row.mappings().one_or_none()
+        return None if found is None else _instance_from_row(found)
+
+    def load(self, instance_id: str) -> tuple[Instance, list[Event]] | None:
+        """The instance and its events ordered by ``seq``, from one snapshot, or ``None``."""
+        with self._transaction(snapshot=True) as conn:
+            found = (
+                conn.execute(select(instances).where(instances.c.id == instance_id))
+                .mappings()
+                .one_or_none()
+            )
+            if found is None:
+                return None
+            rows = (
+                conn.execute(
+                    select(events).where(events.c.instance_id == instance_id).order_by(events.c.seq)
+                )
+                .mappings()
+                .all()
+            )
+        return _instance_from_row(found), [_event_from_row(row) for row in rows]
+
+    def commit(self, commit: Commit) -> bool:
+        """Apply ``commit`` in one transaction if the version still matches.
+
+        Returns:
+            ``True`` if applied; ``False`` if the version moved or an outcome's event was
+            no longer pending, in which case nothing was written.
+        """
+        instance_values = {
+            "version": instances.c.version + 1,
+            "status": Status(commit.status).value,
+            "output": commit.output,
+            "failure": _failure_text(commit.failure),
+            "updated_at": _aware(commit.updated_at, "updated_at"),
+            "wake_at": _aware(commit.wake_at, "wake_at"),
+            "custom_status": commit.custom_status,
+        }
+        outcomes = [_outcome_values(outcome) for outcome in commit.outcomes]
+        new_events = [_event_values(commit.instance_id, e) for e in commit.new_events]
+        try:
+            with self._transaction(write=True) as conn:
+                moved = conn.execute(
+                    update(instances)
+                    .where(
+                        instances.c.id == commit.instance_id,
+                        instances.c.version == commit.expected_version,
+                    )
+                    .values(**instance_values)
+                )
+                if moved.rowcount != 1:
+                    raise _Abort
+                for seq, values in outcomes:
+                    written = conn.execute(
+                        update(events)
+                        .where(
+                            events.c.instance_id == commit.instance_id,
+                            events.c.seq == seq,
+                            events.c.state.in_(_PENDING),
+                        )
+                        .values(**values)
+                    )
+                    if written.rowcount != 1:
+                        raise _Abort
+                if new_events:
+                    conn.execute(insert(events), new_events)
+        except _Abort:
+            return False
+        return True
+
+    def start_step(self, instance_id: str, seq: int, at: datetime) -> State | None:
+        """Mark a pending step as started (see ``Store.start_step``)."""
+        started_at = _aware(at, "at")
+        with self._transaction(write=True) as conn:
+            marked = conn.execute(
+                update(events)
+                .where(
+                    events.c.instance_id == instance_id,
+                    events.c.seq == seq,
+                    events.c.state.in_(_PENDING),
+                )
+                .values(
+                    state=State.STARTED.value,
+                    attempts=events.c.attempts + 1,
+                    started_at=started_at,
+                )
+            )
+            if marked.rowcount == 1:
+                return State.STARTED
+            state = conn.execute(
+                select(events.c.state).where(
+                    events.c.instance_id == instance_id, events.c.seq == seq
+                )
+            ).scalar_one_or_none()
+        return None if state is None else State(state)
+
+    def list(
+        self, *, status: Status | None = None, workflow: str | None = None, limit: int = 100
+    ) -> list[Instance]:
+        """Instances, newest (``created_at``) first, optionally filtered."""
+        query = select(instances)
+        if status is not None:
+            query = query.where(instances.c.status == Status(status).value)
+        if workflow is not None:
+            query = query.where(instances.c.workflow == workflow)
+        query = query.order_by(instances.c.created_at.desc(), instances.c.id.desc()).limit(
+            max(limit, 0)
+        )
+        with self._transaction() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_instance_from_row(row) for row in rows]
+
+    def close(self) -> None:
+        """Close the connections; the next call reconnects.
+
+        An in-memory SQLite database lives as long as the store object: closing it keeps
+        its one connection.
+        """
+        if self._memory:
+            return
+        with self._lock:
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                # A pool inherited across a fork belongs to the parent: forget, don't close.
+                engine.dispose(close=self._engine_pid == os.getpid())
+
+    # ------------------------------------------------------------------ connections
+
+    @contextmanager
+    def _transaction(self, *, write: bool = False, snapshot: bool = False) -> Iterator[Connection]:
+        """One short transaction; database errors become :class:`StoreError`."""
+        with self._errors(), self._serial or nullcontext():
+            engine = self._ready_engine()
+            with engine.connect() as conn:
+                if self._sqlite:
+                    conn.execution_options(
+                        **{_BEGIN_OPTION: "BEGIN IMMEDIATE" if write else "BEGIN"}
+                    )
+                elif snapshot:
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sa_exc.DBAPIError as exc:
+            unavailable = isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+            what = "is unavailable" if unavailable else "failed"
+            detail = str(exc.orig).strip() if exc.orig is not None else str(exc)
+            raise StoreError(f"store {self._display} {what}: {detail}") from exc
+        except sa_exc.TimeoutError as exc:
+            raise StoreError(f"store {self._display} is unavailable: {exc}") from exc
+
+    def _ready_engine(self) -> Engine:
+        """This process's engine, with the schema checked once per store object."""
+        pid = os.getpid()
+        with self._lock:
+            if self._engine is not None and self._engine_pid != pid:
+                self._engine.dispose(close=False)
+                self._engine = None
+            if self._engine is None:
+                self._engine = self._create_engine()
+                self._engine_pid = pid
+            engine = self._engine
+            if not self._schema_ready:
+                self._ensure_schema(engine)
+                self._schema_ready = True
+        return engine
+
+    def _create_engine(self) -> Engine:
+        try:
+            if self._sqlite:
+                return self._create_sqlite_engine()
+            connect_args: dict[str, Any] = {}
+            if (
+                self._url.get_driver_name() == "psycopg"
+                and "connect_timeout" not in self._url.query
+            ):
+                connect_args["connect_timeout"] = CONNECT_TIMEOUT
+            return create_engine(
+                self._url,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=10,
+                connect_args=connect_args,
+            )
+        except (sa_exc.ArgumentError, TypeError) as exc:
+            raise ConfigurationError(f"store URL {self._display} cannot be used: {exc}") from exc
+
+    def _create_sqlite_engine(self) -> Engine:
+        if self._memory:
+            engine = create_engine(
+                self._url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        else:
+            engine = create_engine(self._url, poolclass=NullPool)
+        memory = self._memory
+
+        def on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Disable sqlite3's own BEGIN; on_begin emits ours.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
+                if not memory:
+                    cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+                cursor.execute("PRAGMA foreign_keys = ON")
+            finally:
+                cursor.close()
+
+        def on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
+
+        event.listen(engine, "connect", on_connect)
+        event.listen(engine, "begin", on_begin)
+        return engine
+
+    def _ensure_schema(self, engine: Engine) -> None:
+        """Create the tables if missing and check the recorded schema version.
+
+        Safe when several processes do it at once: PostgreSQL serializes them with an
+        advisory lock, SQLite with ``BEGIN IMMEDIATE``; on other databases a loser's
+        duplicate-table or duplicate-key error is retried (it then finds the tables).
+        """
+        for attempt in range(3):
+            try:
+                with engine.connect() as conn:
+                    if self._sqlite:
+                        conn.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+                    with conn.begin():
+                        self._create_schema(conn)
+                return
+            except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+                if attempt == 2:
+                    raise
+
+    def _create_schema(self, conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        metadata.create_all(conn, checkfirst=True)
+        recorded = conn.execute(
+            select(meta.c.value).where(meta.c.key == "schema_version")
+        ).scalar_one_or_none()
+        if recorded is None:
+            conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        try:
+            version = int(recorded)
+        except ValueError:
+            raise StoreError(
+                f"store {self._display}: durable_meta.schema_version is {recorded!r}, not a number"
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"store {self._display} has schema version {version}, newer than the "
+                f"version {SCHEMA_VERSION} this celery_durable knows: upgrade celery_durable "
+                "(pip install -U celery-durable) in every process that uses this store"
+            )
+
+
+# ---------------------------------------------------------------------- URLs
+
+
+def _parse_url(raw: str) -> URL:
+    """Parse and check a store URL; every problem is a ConfigurationError."""
+    try:
+        url = make_url(raw)
+    except (sa_exc.ArgumentError, ValueError) as exc:
+        raise ConfigurationError(
+            f"store URL {_mask_text(raw)!r} is not a database URL "
+            "(expected e.g. 'sqlite:///durable.sqlite3' or "
+            "'postgresql+psycopg://user@host/db')"
+        ) from exc
+    backend, _, driver = url.drivername.partition("+")
+    if backend in ("postgres", "postgresql"):
+        url = url.set(drivername=f"postgresql+{driver or 'psycopg'}")
+    try:
+        dialect = url.get_dialect()
+    except sa_exc.NoSuchModuleError as exc:
+        raise ConfigurationError(
+            f"store URL {_mask(url)}: unknown database {url.drivername!r}; use "
+            "'sqlite:///path.sqlite3', 'postgresql+psycopg://user@host/db' or another "
+            "SQLAlchemy dialect"
+        ) from exc
+    if getattr(dialect, "is_async", False):
+        raise ConfigurationError(
+            f"store URL {_mask(url)}: {url.drivername!r} is an asyncio driver; the store "
+            "needs a blocking one, e.g. 'postgresql+psycopg://' or 'sqlite://'"
+        )
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        hint = (
+            _POSTGRES_HINT
+            if url.get_backend_name() == "postgresql"
+            else f"install the driver for {url.drivername!r} ({exc})"
+        )
+        raise ConfigurationError(
+            f"store URL {_mask(url)}: the database driver is not installed; {hint}"
+        ) from exc
+    if url.get_backend_name() == "sqlite":
+        url = _absolute_sqlite(url)
+    return url
+
+
+def _absolute_sqlite(url: URL) -> URL:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return url
+    return url.set(database=os.path.abspath(database))
+
+
+def _mask(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _mask_text(raw: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", raw)
+
+
+# ---------------------------------------------------------------------- rows
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime (UTC), got {value!r}")
+    return value
+
+
+def _failure_text(failure: Failure | None) -> str | None:
+    return None if failure is None else json.dumps(failure.to_dict())
+
+
+def _failure_from(value: str | None) -> Failure | None:
+    return None if value is None else Failure.from_dict(json.loads(value))
+
+
+def _instance_values(instance: Instance) -> dict[str, Any]:
+    return {
+        "id": instance.id,
+        "workflow": instance.workflow,
+        "status": Status(instance.status).value,
+        "input": instance.input,
+        "serializer": instance.serializer,
+        "version": instance.version,
+        "created_at": _aware(instance.created_at, "created_at"),
+        "updated_at": _aware(instance.updated_at, "updated_at"),
+        "output": instance.output,
+        "failure": _failure_text(instance.failure),
+        "wake_at": _aware(instance.wake_at, "wake_at"),
+        "custom_status": instance.custom_status,
+        "parent_id": instance.parent_id,
+    }
+
+
+def _instance_from_row(row: RowMapping) -> Instance:
+    return Instance(
+        id=row["id"],
+        workflow=row["workflow"],
+        status=Status(row["status"]),
+        input=row["input"],
+        serializer=row["serializer"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
+        output=row["output"],
+        failure=_failure_from(row["failure"]),
+        wake_at=row["wake_at"],
+        custom_status=row["custom_status"],
+        parent_id=row["parent_id"],
+    )
+
+
+def _event_values(instance_id: str, e: Event) -> dict[str, Any]:
+    return {
+        "instance_id": instance_id,
+        "seq": e.seq,
+        "kind": Kind(e.kind).value,
+        "name": e.name,
+        "input": e.input,
+        "state": State(e.state).value,
+        "output": e.output,
+        "failure": _failure_text(e.failure),
+        "scheduled_at": _aware(e.scheduled_at, "scheduled_at"),
+        "started_at": _aware(e.started_at, "started_at"),
+        "completed_at": _aware(e.completed_at, "completed_at"),
+        "attempts": e.attempts,
+    }
+
+
+def _outcome_values(e: Event) -> tuple[int, dict[str, Any]]:
+    if not State(e.state).is_final:
+        raise ValueError(f"outcome for event {e.seq} has state {e.state!r}, not a final one")
+    return e.seq, {
+        "state": State(e.state).value,
+        "output": e.output,
+        "failure": _failure_text(e.failure),
+        "completed_at": _aware(e.completed_at, "completed_at"),
+    }
+
+
+def _event_from_row(row: RowMapping) -> Event:
+    return Event(
+        seq=row["seq"],
+        kind=Kind(row["kind"]),
+        name=row["name"],
+        input=row["input"],
+        state=State(row["state"]),
+        scheduled_at=row["scheduled_at"],
+        output=row["output"],
+        failure=_failure_from(row["failure"]),
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        attempts=row["attempts"],
+    )
+
+
+def _reset_locks_after_fork(store: SQLAlchemyStore) -> None:
+    """Give a forked child fresh locks: another thread may have held them at the fork."""
+    ref = weakref.ref(store)
+
+    def reset() -> None:
+        alive = ref()
+        if alive is not None:
+            alive._lock = threading.Lock()
+            if alive._serial is not None:
+                alive._serial = threading.RLock()
+
+    os.register_at_fork(after_in_child=reset)

@@ -1,0 +1,82 @@
+"""Fixtures for the engine tests: a stdlib JSON codec and hand-built journals."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
+from celery_durable.errors import SerializationError
+
+T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+class JsonCodec:
+    """The smallest codec: stdlib json, failing the way the Codec protocol asks."""
+
+    name = "json"
+
+    def dumps(self, value: Any) -> str:
+        try:
+            return json.dumps(value)
+        except TypeError as exc:
+            raise SerializationError(str(exc)) from exc
+
+    def loads(self, data: str) -> Any:
+        return json.loads(data)
+
+
+@pytest.fixture
+def codec() -> JsonCodec:
+    return JsonCodec()
+
+
+@pytest.fixture
+def instance(codec: JsonCodec) -> Callable[..., Instance]:
+    """Build an instance of workflow ``wf`` whose input is ``[args, kwargs]``."""
+
+    def build(*args: Any, workflow: str = "wf", id: str = "wf-1", **kwargs: Any) -> Instance:  # noqa: A002
+        return Instance(
+            id=id,
+            workflow=workflow,
+            status=Status.RUNNING,
+            input=codec.dumps([list(args), kwargs]),
+            serializer=codec.name,
+            created_at=T0,
+            updated_at=T0,
+        )
+
+    return build
+
+
+@pytest.fixture
+def event(codec: JsonCodec) -> Callable[..., Event]:
+    """Build a journal event; ``output`` is given decoded, ``failure`` as a Failure."""
+
+    def build(
+        seq: int,
+        name: str,
+        state: State = State.COMPLETED,
+        *,
+        kind: Kind = Kind.STEP,
+        output: Any = None,
+        failure: Failure | None = None,
+        at: datetime = T0,
+    ) -> Event:
+        return Event(
+            seq=seq,
+            kind=kind,
+            name=name,
+            input=codec.dumps([[], {}]),
+            state=state,
+            scheduled_at=at,
+            output=codec.dumps(output) if state is State.COMPLETED else None,
+            failure=failure,
+            completed_at=at if state.is_final else None,
+        )
+
+    return build
