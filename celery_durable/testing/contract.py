@@ -169,6 +169,38 @@ class StoreContract:
         assert store.get("nope") is None
         assert store.load("nope") is None
 
+    def test_load_is_consistent_during_commits(self, store: Store) -> None:
+        store.create(make_instance("wf-snapshot"))
+        commits = 150
+        done = threading.Event()
+
+        def write() -> None:
+            try:
+                for version in range(commits):
+                    # One event per commit: a consistent read has `version` events.
+                    new = [make_event(version)]
+                    assert store.commit(
+                        Commit("wf-snapshot", version, Status.RUNNING, T0, new_events=new)
+                    )
+            finally:
+                done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        loads = 0
+        try:
+            while not done.is_set() or loads == 0:
+                loaded = store.load("wf-snapshot")
+                assert loaded is not None
+                instance, events = loaded
+                assert len(events) == instance.version, "events and version from different moments"
+                loads += 1
+        finally:
+            writer.join()
+        loaded = store.load("wf-snapshot")
+        assert loaded is not None
+        assert loaded[0].version == commits
+
     def test_create_is_idempotent(self, store: Store) -> None:
         first = make_instance("wf-dup", input='[["first"], {}]')
         store.create(first)

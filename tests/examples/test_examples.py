@@ -46,7 +46,7 @@ def test_demo_runs_every_example_on_the_embedded_default(tmp_path: Path) -> None
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/journal.sqlite3"
-    url: str = request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue("postgres_db_url")
     return url
 
 

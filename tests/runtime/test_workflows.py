@@ -35,7 +35,7 @@ def wait_for(predicate: Any, timeout: float = 20.0) -> None:
 def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/journal.sqlite3"
-    url: str = request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue("postgres_db_url")
     return url
 
 
@@ -347,7 +347,9 @@ def test_bad_inputs_are_clear_errors_that_store_nothing(durable: Durable, worker
     def takes(value: Any) -> Any:
         return value
 
-    plain = durable.app.task(lambda: None, name="plain")
+    @durable.app.task(name="plain", shared=False)
+    def plain() -> None:
+        return None
 
     @durable.workflow
     async def wf(ctx: WorkflowContext, mode: str) -> str:

@@ -274,13 +274,16 @@ def _create_shared(url: str) -> None:
 
 
 def test_store_used_across_fork(postgres_db_url: str) -> None:
+    """A forked child (a prefork worker) must not talk over the parent's pooled connection."""
     store = SQLAlchemyStore(postgres_db_url)
     store.create(make_instance("wf-fork"))  # the parent's pool now holds a connection
 
     child = multiprocessing.get_context("fork").Process(
-        target=_commit_in_child, args=(store, "wf-fork")
+        target=_use_in_child, args=(store, "wf-fork")
     )
     child.start()
+    for _ in range(300):  # at the same time as the child
+        assert store.get("wf-fork") is not None
     child.join(60)
 
     assert child.exitcode == 0
@@ -291,7 +294,10 @@ def test_store_used_across_fork(postgres_db_url: str) -> None:
     store.close()
 
 
-def _commit_in_child(store: SQLAlchemyStore, instance_id: str) -> None:
+def _use_in_child(store: SQLAlchemyStore, instance_id: str) -> None:
+    for _ in range(300):
+        if store.get(instance_id) is None:
+            sys.exit(2)
     if not store.commit(Commit(instance_id, 0, Status.RUNNING, T0)):
         sys.exit(1)
     store.close()
