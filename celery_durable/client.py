@@ -172,9 +172,7 @@ def _describe(event: Event, codec: Codec) -> HistoryEvent:
     )
 
 
-def encode_input(
-    codec: Codec, workflow: str, args: Sequence[Any], kwargs: dict[str, Any]
-) -> str:
+def encode_input(codec: Codec, workflow: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """Encode a workflow's arguments, naming the one that cannot be encoded.
 
     Raises:

@@ -76,9 +76,7 @@ def start_transfer(key: str, name: str, amount: Decimal) -> str:
         if new_balance < 0:
             raise TransferFailed(f"account {name!r} has insufficient funds")
         conn.execute("UPDATE accounts SET balance = ? WHERE name = ?", (str(new_balance), name))
-        conn.execute(
-            "INSERT INTO transfers VALUES (?, ?, ?, 'pending')", (key, name, str(amount))
-        )
+        conn.execute("INSERT INTO transfers VALUES (?, ?, ?, 'pending')", (key, name, str(amount)))
     return key
 
 

@@ -33,8 +33,10 @@ def show(handle: WorkflowHandle[object]) -> None:
     print(f"  journal of {handle.id} ({handle.status().value}):")
     for event in handle.history():
         outcome = event.error.type if event.error else repr(event.result)
-        print(f"    #{event.seq} {event.kind.value} {event.name.rsplit('.', 1)[-1]}"
-              f"{tuple(event.args)!r} -> {event.state.value}: {outcome}")
+        print(
+            f"    #{event.seq} {event.kind.value} {event.name.rsplit('.', 1)[-1]}"
+            f"{tuple(event.args)!r} -> {event.state.value}: {outcome}"
+        )
 
 
 def main() -> int:
@@ -45,8 +47,14 @@ def main() -> int:
     print(f"store: {os.environ['DURABLE_STORE']}")
     bank.open_account("alice", Decimal("500"))
     bank.open_account("bob", Decimal("0"))
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
-                      loglevel="WARNING", shutdown_timeout=30):
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+    ):
         print("\n== money transfer, alice -> bob 100 (success path)")
         ok = money_transfer.delay("alice", "bob", Decimal("100"))
         print(f"  result: {ok.result(timeout=60)}")

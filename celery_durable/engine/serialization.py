@@ -16,7 +16,11 @@ class Codec(Protocol):
     """The serializer's name, recorded on each instance."""
 
     def dumps(self, value: Any) -> str:
-        """Encode ``value``; raise :class:`~celery_durable.errors.SerializationError` if it cannot."""
+        """Encode ``value``.
+
+        Raises:
+            SerializationError: the value cannot be encoded.
+        """
         ...
 
     def loads(self, data: str) -> Any:

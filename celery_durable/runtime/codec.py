@@ -10,9 +10,11 @@ import base64
 from typing import Any
 
 from kombu.exceptions import ContentDisallowed, DecodeError, EncodeError
-from kombu.serialization import registry
+from kombu.serialization import registry as _untyped_registry
 
 from celery_durable.errors import ConfigurationError, SerializationError
+
+registry: Any = _untyped_registry  # kombu ships no type hints
 
 
 class KombuCodec:

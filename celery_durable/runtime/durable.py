@@ -137,7 +137,7 @@ class Durable:
         self.app = app
         self.workflows: dict[str, Workflow[Any, Any]] = {}
         self._store_arg = store
-        self._store: Store | None = store if store is not None and not isinstance(store, str) else None
+        self._store: Store | None = None if store is None or isinstance(store, str) else store
         self._settings: Settings | None = None
         self._codecs: dict[str, KombuCodec] = {}
         self._clock = clock or utcnow
@@ -323,15 +323,6 @@ class Durable:
     def _register_resume_task(self) -> Any:
         durable = self
 
-        @self.app.task(
-            name=RESUME_TASK,
-            bind=True,
-            acks_late=True,
-            reject_on_worker_lost=True,
-            ignore_result=True,
-            max_retries=None,
-            shared=False,
-        )
         def resume(task: Task, instance_id: str) -> None:
             retries = int(task.request.retries or 0)
             try:
@@ -339,11 +330,20 @@ class Durable:
             except UnknownWorkflow as exc:
                 # Code for this workflow is not deployed here (yet): wait for it.
                 logger.warning("%s; retrying", exc)
-                raise task.retry(exc=exc, countdown=min(5 * 2**retries, 300)) from exc
+                raise task.retry(exc=exc, countdown=min(2**retries, 300)) from exc
             except StoreError as exc:
                 logger.warning("workflow %s: store unavailable (%s); retrying", instance_id, exc)
                 raise task.retry(exc=exc, countdown=min(2**retries, 60)) from exc
             except WorkflowNotFound:
                 logger.error("resume: no workflow instance %s in the store; dropped", instance_id)
 
-        return resume
+        register: Any = self.app.task(
+            name=RESUME_TASK,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            max_retries=None,  # a workflow whose code is not deployed yet waits for it
+            shared=False,
+        )
+        return register(resume)

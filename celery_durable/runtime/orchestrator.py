@@ -41,7 +41,9 @@ class StepOutcome:
     failure: Failure | None = None
 
 
-def _journal_outcome(durable: Durable, event: Event, outcome: StepOutcome, codec_name: str) -> Event:
+def _journal_outcome(
+    durable: Durable, event: Event, outcome: StepOutcome, codec_name: str
+) -> Event:
     """The event with ``outcome`` written in; a result the codec refuses becomes a failure."""
     failure = outcome.failure
     output = None
@@ -148,7 +150,7 @@ def advance(durable: Durable, instance_id: str, outcome: StepOutcome | None = No
         )
         if not committed:
             continue
-        if decision.status is Status.STUCK and instance.status is not Status.STUCK:
+        if decision.status is Status.STUCK:
             logger.error(
                 "workflow %s (%s) is stuck: %s: %s",
                 instance_id,

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celery_durable")
 
 
-
 @dataclass(frozen=True)
 class StepInfo:
     """What a running step knows about its place in a workflow.
@@ -160,7 +159,5 @@ class DurableStep(Task):  # type: ignore[misc]
         """Send this step again later: the store is out of reach, nothing was journaled."""
         retries = int(self.request.retries or 0)
         logger.warning("step %s: store unavailable (%s); retrying", self.request.id, exc)
-        retry: Retry = self.retry(
-            exc=exc, countdown=min(2**retries, 60), max_retries=retries + 1
-        )
+        retry: Retry = self.retry(exc=exc, countdown=min(2**retries, 60), max_retries=retries + 1)
         return retry

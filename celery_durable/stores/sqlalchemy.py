@@ -30,16 +30,19 @@ SQLite
     ``synchronous=NORMAL`` (durable against process crashes; an OS crash may lose the
     last commits, never corrupt the file) and with foreign keys enforced.
 
-    Prefork workers share the file, so connections are not pooled (``NullPool``): opening
-    one costs microseconds and nothing is carried across a fork. A relative path is
-    resolved against the working directory when the store is created (a daemonized worker
-    changes its directory later). ``sqlite://`` (in memory) keeps one connection for the
-    life of the store object, shared by its threads one call at a time.
+    Each process keeps a small pool of connections: closing the last connection to a WAL
+    database checkpoints and deletes the WAL file, which made every call several times
+    slower without a pool. A relative path is resolved against the working directory when
+    the store is created (a daemonized worker changes its directory later). ``sqlite://``
+    (in memory) keeps one connection for the life of the store object, shared by its
+    threads one call at a time.
 
 Processes
     The engine is created in the process that first uses the store and created again if
     the process id changed: prefork workers fork after the app (and its store) is
-    imported, and a connection pool must never be shared across a fork.
+    imported, and a connection pool must never be shared across a fork. The child neither
+    uses nor closes the connections it inherited (closing them could end the parent's
+    PostgreSQL sessions or drop its SQLite file locks); they stay referenced, idle.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool, StaticPool
+from sqlalchemy.pool import QueuePool, StaticPool
 
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
@@ -113,6 +116,7 @@ class SQLAlchemyStore:
         self._memory = self._sqlite and self._url.database in (None, "", ":memory:")
         self._engine: Engine | None = None
         self._engine_pid = 0
+        self._inherited: list[Engine] = []  # engines of the parent process, never touched
         self._schema_ready = False
         self._lock = threading.Lock()
         # One in-memory SQLite connection serves every thread: calls take turns.
@@ -269,10 +273,11 @@ class SQLAlchemyStore:
         if self._memory:
             return
         with self._lock:
+            if self._engine is not None and self._engine_pid != os.getpid():
+                self._forget_inherited_engine()
             engine, self._engine = self._engine, None
             if engine is not None:
-                # A pool inherited across a fork belongs to the parent: forget, don't close.
-                engine.dispose(close=self._engine_pid == os.getpid())
+                engine.dispose()
 
     # ------------------------------------------------------------------ connections
 
@@ -308,8 +313,7 @@ class SQLAlchemyStore:
         pid = os.getpid()
         with self._lock:
             if self._engine is not None and self._engine_pid != pid:
-                self._engine.dispose(close=False)
-                self._engine = None
+                self._forget_inherited_engine()
             if self._engine is None:
                 self._engine = self._create_engine()
                 self._engine_pid = pid
@@ -318,6 +322,15 @@ class SQLAlchemyStore:
                 self._ensure_schema(engine)
                 self._schema_ready = True
         return engine
+
+    def _forget_inherited_engine(self) -> None:
+        """Set aside the engine this process inherited from its parent across a fork.
+
+        Its pooled connections are the parent's: they are neither used nor closed here.
+        """
+        assert self._engine is not None
+        self._inherited.append(self._engine)
+        self._engine = None
 
     def _create_engine(self) -> Engine:
         try:
@@ -345,7 +358,7 @@ class SQLAlchemyStore:
                 self._url, poolclass=StaticPool, connect_args={"check_same_thread": False}
             )
         else:
-            engine = create_engine(self._url, poolclass=NullPool)
+            engine = create_engine(self._url, poolclass=QueuePool, pool_size=5, max_overflow=10)
         memory = self._memory
 
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
