@@ -97,12 +97,16 @@ def postgres_bindir() -> Path:
     )
 
 
-def start_postgres(parent: str | os.PathLike[str] | None = None) -> RunningServer:
+def start_postgres(
+    parent: str | os.PathLike[str] | None = None, *, durable: bool = False
+) -> RunningServer:
     """Create a throwaway cluster, start it on a free port and create database ``durable``.
 
     Args:
         parent: where to create the cluster's temporary directory (default: the system
             temp dir). When running as root it must be traversable by the ``postgres`` user.
+        durable: keep PostgreSQL's crash-safety settings (fsync, synchronous commit) as a
+            production server has them; benchmarks want this, tests want speed.
 
     Returns:
         ``postgresql+psycopg://postgres@127.0.0.1:PORT/durable`` and its ``stop``.
@@ -152,13 +156,19 @@ def start_postgres(parent: str | os.PathLike[str] | None = None) -> RunningServe
                     "-c",
                     "listen_addresses=127.0.0.1",
                     "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
                     "max_connections=200",
+                    *(
+                        ()
+                        if durable
+                        else (
+                            "-c",
+                            "fsync=off",
+                            "-c",
+                            "synchronous_commit=off",
+                            "-c",
+                            "full_page_writes=off",
+                        )
+                    ),
                 ],
                 run_as,
                 root / "postgres.log",

@@ -10,6 +10,7 @@ import functools
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -143,6 +144,7 @@ class Durable:
         self._clock = clock or utcnow
         self._lock = threading.Lock()
         self._resume_task = self._register_resume_task()
+        _RUNTIMES[app] = weakref.ref(self)
 
     # -- configuration ---------------------------------------------------------------
     @property
@@ -275,6 +277,7 @@ class Durable:
                     expected_version=instance.version,
                     status=Status.RUNNING,
                     updated_at=self.now(),
+                    custom_status=instance.custom_status,
                 )
             ):
                 break
@@ -347,3 +350,23 @@ class Durable:
             shared=False,
         )
         return register(resume)
+
+
+# Weak both ways: the app keeps its Durable alive (through the resume task), not this.
+_RUNTIMES: weakref.WeakKeyDictionary[Celery, weakref.ref[Durable]] = weakref.WeakKeyDictionary()
+
+
+def runtime_of(app: Celery) -> Durable:
+    """The :class:`Durable` created for ``app`` (the latest one, if several were).
+
+    Raises:
+        ConfigurationError: no ``Durable(app)`` exists for this app.
+    """
+    ref = _RUNTIMES.get(app)
+    runtime = ref() if ref is not None else None
+    if runtime is None:
+        raise ConfigurationError(
+            f"app {getattr(app, 'main', None) or app!r} has no Durable(app); "
+            "create one in the app module (durable = Durable(app))"
+        )
+    return runtime

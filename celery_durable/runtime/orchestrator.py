@@ -116,6 +116,8 @@ def advance(durable: Durable, instance_id: str, outcome: StepOutcome | None = No
                     output=instance.output,
                     failure=instance.failure,
                     outcomes=outcomes,
+                    wake_at=instance.wake_at,
+                    custom_status=instance.custom_status,
                 )
             ):
                 continue
@@ -146,6 +148,7 @@ def advance(durable: Durable, instance_id: str, outcome: StepOutcome | None = No
                 failure=decision.failure,
                 new_events=decision.new_events,
                 outcomes=outcomes,
+                custom_status=instance.custom_status,
             )
         )
         if not committed:

@@ -113,9 +113,10 @@ DEFAULT_URL = "sqlite:///celery_durable.sqlite3"
 def open_store(url: str | None = None) -> Store:
     """Open the store a URL names.
 
-    ``sqlite:///path``, ``postgresql+psycopg://...`` and any other SQLAlchemy URL go to the
-    SQLAlchemy store; ``redis://`` URLs go to the Redis store. ``None`` means
-    :data:`DEFAULT_URL`, a SQLite file in the working directory.
+    ``sqlite:///path``, ``postgresql+psycopg://...`` (``postgresql://`` and ``postgres://``
+    mean psycopg 3 too) and any other SQLAlchemy URL go to the SQLAlchemy store;
+    ``redis://`` URLs are refused until the Redis store exists. ``None`` means
+    :data:`DEFAULT_URL`, a SQLite file in the working directory (resolved when opened).
 
     Raises:
         ConfigurationError: the URL's scheme is unknown, or its driver is not installed

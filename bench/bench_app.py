@@ -1,0 +1,48 @@
+"""The benchmark's Celery app: bare tasks for the chain baseline, and durable steps.
+
+Both run on the same worker with the same settings (prefetch 1, ``acks_late``), so the
+comparison is between Celery's own chain and celery_durable's workflow, nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from celery_durable import Durable, WorkflowContext
+
+app = Celery(
+    "bench",
+    broker=os.environ["BENCH_BROKER"],
+    backend=os.environ["BENCH_BACKEND"],
+)
+app.conf.update(
+    durable_store=os.environ["BENCH_STORE"],
+    worker_prefetch_multiplier=1,
+    task_acks_late=True,
+    broker_connection_retry_on_startup=True,
+    result_expires=600,
+)
+durable = Durable(app)
+
+
+@app.task
+def hop(x: int) -> int:
+    """One link of the bare chain."""
+    return x + 1
+
+
+@durable.step
+def add_one(x: int) -> int:
+    """One step of the durable workflow."""
+    return x + 1
+
+
+@durable.workflow
+async def steps(ctx: WorkflowContext, n: int) -> int:
+    """``n`` steps in a row, each fed the previous result (like the chain)."""
+    x = 0
+    for _ in range(n):
+        x = await ctx.step(add_one, x)
+    return x

@@ -1,0 +1,225 @@
+"""``celery -A app durable ...``: inspect and repair workflow instances from a shell.
+
+Registered as a ``celery`` subcommand through the ``celery.commands`` entry point, so it
+loads the app exactly as ``celery worker`` does. Output is aligned for people; ``--json``
+(on ``list`` and ``show``) prints the same data for machines. Every
+:class:`~celery_durable.DurableError` ends the command with a one-line message and exit
+status 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+
+from celery_durable.client import HistoryEvent
+from celery_durable.engine.journal import Failure, Instance, State, Status
+from celery_durable.errors import DurableError, WorkflowNotFound
+from celery_durable.runtime.durable import Durable, runtime_of
+
+__all__ = ["durable", "runtime_of"]
+
+_WIDTH = 40  # longest value cell in a table before it is cut
+
+pass_durable = click.make_pass_decorator(Durable)
+
+
+class _DurableGroup(click.Group):
+    """A group that turns celery_durable errors into one-line click errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DurableError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_DurableGroup, invoke_without_command=True)
+@click.pass_context
+def durable(ctx: click.Context) -> None:
+    """Inspect and repair durable workflow instances (times are UTC)."""
+    app = getattr(ctx.obj, "app", None)
+    if app is None:
+        raise click.UsageError("run this as a celery subcommand: celery -A module durable ...")
+    app.loader.import_default_modules()  # the app's include= modules declare workflows
+    ctx.obj = runtime_of(app)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+@durable.command("list")
+@click.option("--status", type=click.Choice([s.value for s in Status]), help="Only this status.")
+@click.option("--workflow", metavar="NAME", help="Only instances of this workflow.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@pass_durable
+def list_(
+    runtime: Durable, status: str | None, workflow: str | None, limit: int, as_json: bool
+) -> None:
+    """List workflow instances, newest first."""
+    instances = runtime.list(status=status, workflow=workflow, limit=limit)
+    if as_json:
+        _print_json([_instance_summary(i) for i in instances])
+    elif not instances:
+        click.echo("no workflow instances")
+    else:
+        header = ["ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED", "ERROR"]
+        _print_table(header, [_instance_row(i) for i in instances])
+
+
+@durable.command()
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@pass_durable
+def show(runtime: Durable, workflow_id: str, as_json: bool) -> None:
+    """Show one instance and its decoded journal."""
+    instance = runtime.store.get(workflow_id)
+    if instance is None:
+        raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
+    history = runtime.handle(workflow_id).history()
+    codec = runtime.codec(instance.serializer)
+    args, kwargs = codec.loads(instance.input)
+    result = codec.loads(instance.output) if instance.output is not None else None
+    custom = codec.loads(instance.custom_status) if instance.custom_status is not None else None
+    if as_json:
+        data = _instance_summary(instance) | {
+            "args": args,
+            "kwargs": kwargs,
+            "result": result,
+            "custom_status": custom,
+            "wake_at": instance.wake_at,
+            "parent_id": instance.parent_id,
+            "version": instance.version,
+            "journal": [_event_data(e) for e in history],
+        }
+        _print_json(data)
+        return
+    registered = "" if instance.workflow in runtime.workflows else "  (not registered here)"
+    fields = [
+        ("id", instance.id),
+        ("workflow", instance.workflow + registered),
+        ("status", instance.status.value),
+        ("created", _time(instance.created_at)),
+        ("updated", _time(instance.updated_at)),
+        ("version", str(instance.version)),
+        ("input", _call(args, kwargs, cut=False)),
+    ]
+    if instance.status is Status.COMPLETED:
+        fields.append(("result", repr(result)))
+    if instance.failure is not None:
+        fields.append(("error", _failure(instance.failure)))
+    if instance.wake_at is not None:
+        fields.append(("wake at", _time(instance.wake_at)))
+    if custom is not None:
+        fields.append(("custom status", repr(custom)))
+    if instance.parent_id is not None:
+        fields.append(("parent", instance.parent_id))
+    for key, value in fields:
+        click.echo(f"{key + ':':<15}{value}")
+    click.echo(f"\njournal ({len(history)} event{'' if len(history) == 1 else 's'}):")
+    if history:
+        header = ["SEQ", "KIND", "NAME", "ARGS", "STATE", "RESULT / ERROR", "ATTEMPTS"]
+        header += ["SCHEDULED", "STARTED", "COMPLETED"]
+        _print_table(header, [_event_row(e) for e in history])
+    if instance.failure is not None and instance.failure.details:
+        click.echo("\ntraceback:\n" + instance.failure.details.rstrip())
+
+
+@durable.command()
+@click.argument("workflow_id")
+@pass_durable
+def retry(runtime: Durable, workflow_id: str) -> None:
+    """Resume a stuck instance (after deploying fixed code)."""
+    runtime.retry(workflow_id)
+    click.echo(f"workflow {workflow_id}: stuck -> running; a worker replays it")
+
+
+# -- formatting ----------------------------------------------------------------------
+def _time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+def _cut(text: str, cut: bool = True) -> str:
+    text = " ".join(text.split())  # one line per row
+    return text if not cut or len(text) <= _WIDTH else text[: _WIDTH - 1] + "…"
+
+
+def _call(args: Sequence[Any], kwargs: dict[str, Any], cut: bool = True) -> str:
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return _cut(", ".join(parts), cut)
+
+
+def _failure(failure: Failure) -> str:
+    return f"{failure.type}: {failure.message}" if failure.message else failure.type
+
+
+def _instance_row(instance: Instance) -> list[str]:
+    error = instance.failure.type if instance.failure else ""
+    created, updated = _time(instance.created_at), _time(instance.updated_at)
+    return [instance.id, instance.workflow, instance.status.value, created, updated, error]
+
+
+def _event_row(event: HistoryEvent) -> list[str]:
+    outcome = _failure(event.error) if event.error else ""
+    if event.state is State.COMPLETED:
+        outcome = repr(event.result)
+    return [
+        str(event.seq),
+        event.kind.value,
+        event.name,
+        _call(event.args, event.kwargs),
+        event.state.value,
+        _cut(outcome),
+        str(event.attempts),
+        _time(event.scheduled_at),
+        _time(event.started_at),
+        _time(event.completed_at),
+    ]
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- JSON ----------------------------------------------------------------------------
+def _instance_summary(instance: Instance) -> dict[str, Any]:
+    return {
+        "id": instance.id,
+        "workflow": instance.workflow,
+        "status": instance.status.value,
+        "created_at": instance.created_at,
+        "updated_at": instance.updated_at,
+        "error": instance.failure.to_dict() if instance.failure else None,
+    }
+
+
+def _event_data(event: HistoryEvent) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "kind": event.kind.value,
+        "name": event.name,
+        "args": event.args,
+        "kwargs": event.kwargs,
+        "state": event.state.value,
+        "result": event.result,
+        "error": event.error.to_dict() if event.error else None,
+        "attempts": event.attempts,
+        "scheduled_at": event.scheduled_at,
+        "started_at": event.started_at,
+        "completed_at": event.completed_at,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON for what the json module does not know: ISO times, ``str`` for the rest."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, default=_jsonable, indent=2, ensure_ascii=False))
