@@ -56,10 +56,24 @@ def main() -> None:
         )
         log = (tmp / "worker.log").open("w")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "bench.bench_app", "worker",
-             "--pool=prefork", f"--concurrency={opts.concurrency}", "--loglevel=WARNING",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.bench_app",
+                "worker",
+                "--pool=prefork",
+                f"--concurrency={opts.concurrency}",
+                "--loglevel=WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             run(opts)

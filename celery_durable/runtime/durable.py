@@ -29,7 +29,7 @@ from celery_durable.errors import (
     WorkflowNotFound,
 )
 from celery_durable.runtime.codec import KombuCodec
-from celery_durable.runtime.orchestrator import StepOutcome, advance
+from celery_durable.runtime.orchestrator import Loaded, StepOutcome, advance
 from celery_durable.runtime.settings import Settings
 from celery_durable.runtime.steps import DurableStep, step_task_id
 from celery_durable.stores.base import Commit, Store, open_store
@@ -285,9 +285,14 @@ class Durable:
         return self.handle(workflow_id)
 
     # -- the runtime's moving parts --------------------------------------------------
-    def advance(self, instance_id: str, outcome: StepOutcome | None = None) -> None:
+    def advance(
+        self,
+        instance_id: str,
+        outcome: StepOutcome | None = None,
+        journal: Loaded | None = None,
+    ) -> None:
         """Run one orchestrator pass for ``instance_id`` (see :mod:`.orchestrator`)."""
-        advance(self, instance_id, outcome)
+        advance(self, instance_id, outcome, journal)
 
     def resolve_step(self, task: Any) -> str:
         """The task name ``ctx.step`` journals for ``task``; rejects what is not a step."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery_durable.engine.commands import Decision
-from celery_durable.engine.journal import Event, Failure, State, Status
+from celery_durable.engine.journal import Event, Failure, Instance, State, Status
 from celery_durable.engine.replay import replay
 from celery_durable.errors import (
     SerializationError,
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celery_durable")
 
+#: An instance and its events, as :meth:`Store.load` returns them.
+Loaded = tuple[Instance, list[Event]]
+
 #: How many times one pass re-reads after losing the compare-and-set before giving up
 #: (the caller then retries the message); losing means another pass made progress.
 MAX_CAS_ROUNDS = 100
@@ -39,6 +43,8 @@ class StepOutcome:
     seq: int
     result: Any = None
     failure: Failure | None = None
+    attempts: int = 1
+    started_at: datetime | None = None
 
 
 def _journal_outcome(
@@ -62,10 +68,17 @@ def _journal_outcome(
         output=output,
         failure=failure,
         completed_at=durable.now(),
+        attempts=max(event.attempts, outcome.attempts),
+        started_at=outcome.started_at or event.started_at,
     )
 
 
-def advance(durable: Durable, instance_id: str, outcome: StepOutcome | None = None) -> None:
+def advance(
+    durable: Durable,
+    instance_id: str,
+    outcome: StepOutcome | None = None,
+    journal: Loaded | None = None,
+) -> None:
     """Run the orchestrator of ``instance_id`` once, journaling ``outcome`` in the same commit.
 
     Args:
@@ -74,6 +87,9 @@ def advance(durable: Durable, instance_id: str, outcome: StepOutcome | None = No
         outcome: a step's result or failure to journal. If the journal already holds an
             outcome for that step, this one is dropped (first writer wins) and the pass
             only makes sure the workflow moved on.
+        journal: the instance and events as the caller already read them; the first
+            round uses it instead of reading again (the compare-and-set catches a
+            journal that moved since).
 
     Raises:
         WorkflowNotFound: no such instance.
@@ -83,7 +99,7 @@ def advance(durable: Durable, instance_id: str, outcome: StepOutcome | None = No
     """
     store = durable.store
     for _ in range(MAX_CAS_ROUNDS):
-        loaded = store.load(instance_id)
+        loaded, journal = journal or store.load(instance_id), None
         if loaded is None:
             raise WorkflowNotFound(f"no workflow instance with id {instance_id!r} in the store")
         instance, events = loaded
@@ -138,6 +154,8 @@ def advance(durable: Durable, instance_id: str, outcome: StepOutcome | None = No
             now=now,
             resolve_step=durable.resolve_step,
         )
+        if not outcomes and not decision.new_events and decision.status is instance.status:
+            return  # already up to date: e.g. a duplicate message after the first copy won
         committed = store.commit(
             Commit(
                 instance_id=instance_id,

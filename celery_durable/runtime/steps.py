@@ -29,7 +29,7 @@ from celery.exceptions import Ignore, Retry
 
 from celery_durable.engine.journal import Failure
 from celery_durable.errors import StoreError, UnknownWorkflow, WorkflowNotFound
-from celery_durable.runtime.orchestrator import StepOutcome
+from celery_durable.runtime.orchestrator import Loaded, StepOutcome
 
 if TYPE_CHECKING:
     from celery_durable.runtime.durable import Durable
@@ -99,10 +99,15 @@ class DurableStep(Task):  # type: ignore[misc]
         workflow_id, seq = identity
         durable = self.durable
         try:
-            state = durable.store.start_step(workflow_id, seq, durable.now())
+            # Read once before running: the journal says whether this step is already
+            # done (a duplicate delivery), and the same read seeds the commit afterwards.
+            journal = durable.store.load(workflow_id)
         except StoreError as exc:
             raise self._retry_later(exc) from exc
-        if state is None:
+        event = None
+        if journal is not None and seq < len(journal[1]):
+            event = journal[1][seq]
+        if event is None:
             logger.error(
                 "step %s: workflow %s has no journal record %d; message dropped",
                 self.name,
@@ -110,17 +115,19 @@ class DurableStep(Task):  # type: ignore[misc]
                 seq,
             )
             raise Ignore()
-        if state.is_final:
+        if event.state.is_final:
             logger.info("step %s of %s already journaled; not run again", seq, workflow_id)
-            self._advance(workflow_id, None)
+            self._advance(workflow_id, None, journal)
             return None
 
+        attempt = int(self.request.retries or 0) + 1
+        started_at = durable.now()
         token = _current.set(
             StepInfo(
                 workflow_id=workflow_id,
                 seq=seq,
                 idempotency_key=step_task_id(workflow_id, seq),
-                attempt=int(self.request.retries or 0) + 1,
+                attempt=attempt,
             )
         )
         failed: BaseException | None = None
@@ -133,20 +140,28 @@ class DurableStep(Task):  # type: ignore[misc]
         finally:
             _current.reset(token)
 
-        if failed is None:
-            outcome = StepOutcome(seq, result=result)
-        else:
-            outcome = StepOutcome(seq, failure=Failure.from_exception(failed))
-        self._advance(workflow_id, outcome)
+        outcome = StepOutcome(
+            seq,
+            result=result if failed is None else None,
+            failure=None if failed is None else Failure.from_exception(failed),
+            attempts=attempt,
+            started_at=started_at,
+        )
+        self._advance(workflow_id, outcome, journal)
         if failed is not None:
             # Journaled; re-raise so Celery (and Flower) show the task as failed.
             raise failed
         return result
 
-    def _advance(self, workflow_id: str, outcome: StepOutcome | None) -> None:
+    def _advance(
+        self,
+        workflow_id: str,
+        outcome: StepOutcome | None,
+        journal: Loaded | None,
+    ) -> None:
         durable = self.durable
         try:
-            durable.advance(workflow_id, outcome)
+            durable.advance(workflow_id, outcome, journal)
         except UnknownWorkflow:
             # The outcome is journaled; a worker that has the workflow's code goes on.
             durable.send_resume(workflow_id)

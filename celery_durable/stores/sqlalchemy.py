@@ -11,11 +11,9 @@ Compare-and-set
     writer wins) and the whole transaction is rolled back.
 
 Consistent reads
-    :meth:`SQLAlchemyStore.load` reads the instance and then its events in one transaction
-    that sees a single snapshot: ``REPEATABLE READ`` on PostgreSQL (and other server
-    databases), a plain ``BEGIN`` on SQLite, whose WAL readers see the database as of their
-    first read. So the events returned are never newer, nor older, than the version
-    returned.
+    :meth:`SQLAlchemyStore.load` reads the instance joined with its events in a single
+    statement, which sees one snapshot on every database. So the events returned are
+    never newer, nor older, than the version returned.
 
 SQLite
     SQLite allows one writer at a time. With the ``sqlite3`` module's default transaction
@@ -62,6 +60,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     RowMapping,
+    case,
     create_engine,
     event,
     insert,
@@ -150,29 +149,29 @@ class SQLAlchemyStore:
 
     def get(self, instance_id: str) -> Instance | None:
         """The instance row alone, or ``None``."""
-        with self._transaction() as conn:
+        with self._read() as conn:
             row = conn.execute(select(instances).where(instances.c.id == instance_id))
             found = row.mappings().one_or_none()
         return None if found is None else _instance_from_row(found)
 
     def load(self, instance_id: str) -> tuple[Instance, list[Event]] | None:
-        """The instance and its events ordered by ``seq``, from one snapshot, or ``None``."""
-        with self._transaction(snapshot=True) as conn:
-            found = (
-                conn.execute(select(instances).where(instances.c.id == instance_id))
-                .mappings()
-                .one_or_none()
-            )
-            if found is None:
-                return None
-            rows = (
-                conn.execute(
-                    select(events).where(events.c.instance_id == instance_id).order_by(events.c.seq)
-                )
-                .mappings()
-                .all()
-            )
-        return _instance_from_row(found), [_event_from_row(row) for row in rows]
+        """The instance and its events ordered by ``seq``, from one snapshot, or ``None``.
+
+        One statement (the instance joined with its events) is one round trip and sees
+        one snapshot on every database, so the events are never newer than the version.
+        """
+        query = (
+            select(instances, *(c.label(f"e_{c.name}") for c in events.c))
+            .select_from(instances.outerjoin(events, events.c.instance_id == instances.c.id))
+            .where(instances.c.id == instance_id)
+            .order_by(events.c.seq)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).mappings().all()
+        if not rows:
+            return None
+        found = [_event_from_row(row) for row in rows if row["e_seq"] is not None]
+        return _instance_from_row(rows[0]), found
 
     def commit(self, commit: Commit) -> bool:
         """Apply ``commit`` in one transaction if the version still matches.
@@ -282,7 +281,7 @@ class SQLAlchemyStore:
     # ------------------------------------------------------------------ connections
 
     @contextmanager
-    def _transaction(self, *, write: bool = False, snapshot: bool = False) -> Iterator[Connection]:
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
         """One short transaction; database errors become :class:`StoreError`."""
         with self._errors(), self._serial or nullcontext():
             engine = self._ready_engine()
@@ -291,10 +290,25 @@ class SQLAlchemyStore:
                     conn.execution_options(
                         **{_BEGIN_OPTION: "BEGIN IMMEDIATE" if write else "BEGIN"}
                     )
-                elif snapshot:
-                    conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
                     yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for one read-only statement.
+
+        On a server database it runs in autocommit: one statement is its own snapshot,
+        and BEGIN/COMMIT would triple the round trips of the hottest reads.
+        """
+        if self._sqlite:
+            with self._transaction() as conn:
+                yield conn
+            return
+        with self._errors():
+            engine = self._ready_engine()
+            with engine.connect() as conn:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -557,27 +571,34 @@ def _event_values(instance_id: str, e: Event) -> dict[str, Any]:
 def _outcome_values(e: Event) -> tuple[int, dict[str, Any]]:
     if not State(e.state).is_final:
         raise ValueError(f"outcome for event {e.seq} has state {e.state!r}, not a final one")
-    return e.seq, {
+    values: dict[str, Any] = {
         "state": State(e.state).value,
         "output": e.output,
         "failure": _failure_text(e.failure),
         "completed_at": _aware(e.completed_at, "completed_at"),
+        # A worker reports the attempts it knows of; the journal keeps the larger count.
+        "attempts": case((events.c.attempts > e.attempts, events.c.attempts), else_=e.attempts),
     }
+    if e.started_at is not None:
+        values["started_at"] = _aware(e.started_at, "started_at")
+    return e.seq, values
 
 
 def _event_from_row(row: RowMapping) -> Event:
+    """An event from a row of :meth:`SQLAlchemyStore.load` (columns labelled ``e_*``)."""
+    prefix = "e_"
     return Event(
-        seq=row["seq"],
-        kind=Kind(row["kind"]),
-        name=row["name"],
-        input=row["input"],
-        state=State(row["state"]),
-        scheduled_at=row["scheduled_at"],
-        output=row["output"],
-        failure=_failure_from(row["failure"]),
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        attempts=row["attempts"],
+        seq=row[f"{prefix}seq"],
+        kind=Kind(row[f"{prefix}kind"]),
+        name=row[f"{prefix}name"],
+        input=row[f"{prefix}input"],
+        state=State(row[f"{prefix}state"]),
+        scheduled_at=row[f"{prefix}scheduled_at"],
+        output=row[f"{prefix}output"],
+        failure=_failure_from(row[f"{prefix}failure"]),
+        started_at=row[f"{prefix}started_at"],
+        completed_at=row[f"{prefix}completed_at"],
+        attempts=row[f"{prefix}attempts"],
     )
 
 
