@@ -48,7 +48,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -382,7 +384,7 @@ class SQLAlchemyStore:
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
                 if not memory:
-                    cursor.execute("PRAGMA journal_mode = WAL")
+                    _use_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")
                 cursor.execute("PRAGMA foreign_keys = ON")
             finally:
@@ -600,6 +602,25 @@ def _event_from_row(row: RowMapping) -> Event:
         completed_at=row[f"{prefix}completed_at"],
         attempts=row[f"{prefix}attempts"],
     )
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (a lasting property of the file) unless it is already.
+
+    The switch needs the file to itself, and SQLite answers "database is locked" at once,
+    without its busy handler, while another process opens the new file at the same
+    moment: retry within the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _reset_locks_after_fork(store: SQLAlchemyStore) -> None:
