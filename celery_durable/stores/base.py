@@ -130,6 +130,10 @@ def open_store(url: str | None = None) -> Store:
             "use a SQLAlchemy URL such as 'sqlite:///durable.sqlite3' or "
             "'postgresql+psycopg://user@host/db'"
         )
+    if scheme.split("+", 1)[0] in ("postgresql", "postgres"):
+        from celery_durable.stores.postgres import PostgresStore
+
+        return PostgresStore(url)
     from celery_durable.stores.sqlalchemy import SQLAlchemyStore
 
     return SQLAlchemyStore(url)

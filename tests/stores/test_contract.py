@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from servers import create_database
 
+from celery_durable.stores.postgres import PostgresStore
 from celery_durable.stores.sqlalchemy import SQLAlchemyStore
 from celery_durable.testing.contract import StoreContract
 
@@ -42,12 +43,22 @@ def contract_database(postgres_url: str) -> Iterator[sa.Engine]:
 
 
 class TestPostgreSQL(StoreContract):
+    """The generic SQLAlchemy path on PostgreSQL (what any other dialect runs)."""
+
+    store_class: type[SQLAlchemyStore] = SQLAlchemyStore
+
     @pytest.fixture
     def store(self, contract_database: sa.Engine) -> Iterator[SQLAlchemyStore]:
         url = contract_database.url.render_as_string(hide_password=False)
-        store = SQLAlchemyStore(url)
+        store = self.store_class(url)
         store.list()  # creates the schema on the first test
         with contract_database.begin() as conn:
             conn.execute(sa.text("TRUNCATE durable_events, durable_instances"))
         yield store
         store.close()
+
+
+class TestPostgresFastPath(TestPostgreSQL):
+    """The PostgreSQL store ``open_store`` gives: single-statement load and commit."""
+
+    store_class = PostgresStore
