@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, Protocol, TypeVar
 
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
@@ -46,6 +46,16 @@ class Runtime(Protocol):
 
     def now(self) -> datetime:
         """The current time (UTC, aware)."""
+        ...
+
+    @property
+    def eta_max(self) -> timedelta:
+        """The longest delay sent to the broker as a message ETA."""
+        ...
+
+    @property
+    def redrive_after(self) -> timedelta:
+        """How long a sent message may wait before it is presumed lost."""
         ...
 
 
@@ -210,7 +220,8 @@ def start(
 
     Starting twice with one ``workflow_id`` returns the first run; the resume message is
     sent again only while that run has not made its first commit, which repairs a start
-    whose message was lost.
+    whose message was lost. A ``countdown`` longer than the runtime's ETA limit sends no
+    message at all: the instance's ``wake_at`` is its start time and the tick starts it.
 
     Raises:
         SerializationError: an argument cannot be encoded; nothing is stored.
@@ -219,6 +230,8 @@ def start(
     codec = runtime.codec()
     encoded = encode_input(codec, workflow, args, kwargs)
     now = runtime.now()
+    delay = timedelta(seconds=max(countdown or 0.0, 0.0))
+    by_tick = delay > runtime.eta_max
     instance = Instance(
         id=workflow_id or uuid.uuid4().hex,
         workflow=workflow,
@@ -227,6 +240,9 @@ def start(
         serializer=codec.name,
         created_at=now,
         updated_at=now,
+        # Due when the first pass should have happened: if the message is lost, the tick
+        # sends another.
+        wake_at=now + delay if by_tick else now + delay + runtime.redrive_after,
     )
     stored, created = runtime.store.create(instance)
     if stored.workflow != workflow:
@@ -234,8 +250,16 @@ def start(
             f"workflow id {stored.id!r} already belongs to workflow {stored.workflow!r}, "
             f"not {workflow!r}; choose another workflow_id"
         )
-    if created or stored.status is Status.PENDING:
-        runtime.send_resume(stored.id, countdown=countdown if created else None)
+    if created and not by_tick:
+        runtime.send_resume(stored.id, countdown=delay.total_seconds() or None)
+    elif (
+        not created
+        and stored.status is Status.PENDING
+        and stored.wake_at is not None
+        and stored.wake_at <= now + runtime.redrive_after
+    ):
+        # A second start of a run whose first message may be lost (not a deferred one).
+        runtime.send_resume(stored.id)
     return WorkflowHandle(runtime, stored.id)
 
 

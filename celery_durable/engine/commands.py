@@ -7,6 +7,7 @@ then publishes its :attr:`Decision.steps`; that order is the outbox guarantee.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from celery_durable.engine.journal import Event, Failure, Status
@@ -32,6 +33,10 @@ class Decision:
         steps: the step messages to publish once ``new_events`` are committed.
         output: the encoded result when ``status`` is COMPLETED.
         failure: the error when ``status`` is FAILED or STUCK.
+        fired: existing (journaled, pending) events this pass completed: timers whose
+            time had come. They are journaled as outcomes in the same commit.
+        wake_at: the earliest fire time among the timers the workflow now waits on, or
+            ``None``; the runtime arranges for a pass at (not before) that time.
     """
 
     status: Status
@@ -39,3 +44,5 @@ class Decision:
     steps: list[ScheduleStep] = field(default_factory=list)
     output: str | None = None
     failure: Failure | None = None
+    fired: list[Event] = field(default_factory=list)
+    wake_at: datetime | None = None

@@ -1,6 +1,6 @@
 """The workflow context: what workflow code awaits, and its deterministic helpers.
 
-Every ``ctx`` command (``ctx.step``, ``ctx.run``) is an awaitable whose ``__await__``
+Every ``ctx`` command (``ctx.step``, ``ctx.run``, ``ctx.sleep``) is an awaitable whose ``__await__``
 yields the command itself to the replay driver (:mod:`celery_durable.engine.replay`),
 which gives it the next ``seq``, matches it against the journal and sends back its
 outcome. Workflow code therefore never touches an event loop: it is an ordinary coroutine
@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from celery_durable.engine.commands import ScheduleStep
@@ -162,6 +163,60 @@ class _RunCommand(_Command):
         return event
 
 
+class _TimerCommand(_Command):
+    """A durable timer; its input is the encoded ``[[fire_at], {}]``."""
+
+    kind = Kind.TIMER
+    verb = "sleep"
+
+    def __init__(self, owner: WorkflowContext, input: str, fire_at: datetime) -> None:  # noqa: A002
+        super().__init__(owner, "sleep", input)
+        self.fire_at = fire_at
+
+    def new_event(self, seq: int, now: datetime) -> Event:
+        event = Event(seq, self.kind, self.name, self.input, State.SCHEDULED, scheduled_at=now)
+        if self.fire_at <= now:  # a zero delay or a time already past: it fires at once
+            event.state = State.COMPLETED
+            event.completed_at = now
+        return event
+
+
+def _encode_fire_time(codec: Codec, fire_at: datetime) -> str:
+    """The timer input ``[[fire_at], {}]``; the fire time as ISO text if the codec has no dates."""
+    try:
+        return codec.dumps([[fire_at], {}])
+    except Exception:
+        pass
+    try:
+        return codec.dumps([[fire_at.isoformat()], {}])
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot encode a timer's fire time with the {codec.name!r} serializer: {exc}"
+        ) from exc
+
+
+def decode_fire_time(codec: Codec, data: str | None) -> datetime:
+    """The fire time (UTC) a timer event's input holds.
+
+    Raises:
+        ValueError: the input is not an encoded ``[[fire_at], {}]``.
+    """
+    if data is None:
+        raise ValueError("the timer event has no input")
+    decoded = codec.loads(data)
+    try:
+        [[fire_at], _kwargs] = decoded
+    except (TypeError, ValueError):
+        raise ValueError(f"{decoded!r} is not a [[fire_at], {{}}] pair") from None
+    if isinstance(fire_at, str):
+        fire_at = datetime.fromisoformat(fire_at)
+    if not isinstance(fire_at, datetime):
+        raise ValueError(f"the fire time {fire_at!r} is not a datetime")
+    if fire_at.tzinfo is None:  # a codec that drops the zone: fire times are kept in UTC
+        return fire_at.replace(tzinfo=timezone.utc)
+    return fire_at.astimezone(timezone.utc)
+
+
 def _encode_call(codec: Codec, what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     try:
         return codec.dumps([list(args), kwargs])
@@ -262,6 +317,85 @@ class WorkflowContext:
         if self._cursor.in_journal:
             return self._cursor.journal[self._cursor.seq].scheduled_at
         return self._cursor.now
+
+    def sleep(self, delay: timedelta | float, /) -> Awaitable[None]:
+        """Wait durably for ``delay``: minutes or a year, across restarts and deploys.
+
+        The fire time is ``ctx.now() + delay``, computed when the timer is first issued
+        and journaled; no worker holds anything while the workflow waits. The timer
+        never fires early: a pass that runs before the fire time just waits again.
+        Once set, a timer keeps its journaled fire time: changing ``delay`` in the code
+        does not move a timer an instance has already set (only the timers it sets
+        afterwards). Switching between ``sleep`` and :meth:`sleep_until` is not a change
+        of the workflow's commands.
+
+        Args:
+            delay: a ``datetime.timedelta``, or a number of seconds (``int`` or
+                ``float``); zero fires at once (the workflow goes on in the same pass).
+
+        Returns:
+            An awaitable giving ``None`` once the fire time has come. After it,
+            ``ctx.now()`` is at or past the fire time.
+
+        Raises:
+            ValueError: ``delay`` is negative, not finite, or too long to add to a date.
+            TypeError: ``delay`` is neither a timedelta nor a number.
+        """
+        if isinstance(delay, timedelta):
+            span = delay
+        elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
+            if not math.isfinite(delay):
+                raise ValueError(f"ctx.sleep() needs a finite delay, got {delay!r}")
+            try:
+                span = timedelta(seconds=delay)
+            except OverflowError:
+                raise ValueError(f"ctx.sleep() delay {delay!r} seconds is too long") from None
+        else:
+            raise TypeError(
+                "ctx.sleep() takes a datetime.timedelta or a number of seconds, got "
+                f"{type(delay).__name__!r}; use ctx.sleep_until() for a datetime"
+            )
+        if span < timedelta(0):
+            raise ValueError(f"ctx.sleep() needs a delay >= 0, got {delay!r}")
+        try:
+            fire_at = self.now() + span
+        except OverflowError:
+            raise ValueError(f"ctx.sleep() delay {delay!r} is too long") from None
+        return self._timer(fire_at)
+
+    def sleep_until(self, when: datetime, /) -> Awaitable[None]:
+        """Wait durably until ``when``; a time already past fires at once.
+
+        Like :meth:`sleep` (same journal record, so switching between the two is not a
+        change of the workflow's commands): the fire time is journaled when the timer is
+        first issued, and a later change of ``when`` in the code does not move a timer
+        already set. The timer never fires before ``when``.
+
+        Args:
+            when: a timezone-aware datetime, e.g. ``datetime(2025, 1, 1, tzinfo=timezone.utc)``;
+                it is journaled in UTC.
+
+        Returns:
+            An awaitable giving ``None`` once ``when`` has come (in the same pass if it
+            is already past). After it, ``ctx.now()`` is at or past ``when``.
+
+        Raises:
+            TypeError: ``when`` is not a datetime, or is naive (no time zone).
+        """
+        if not isinstance(when, datetime):
+            raise TypeError(
+                f"ctx.sleep_until() takes a datetime, got {type(when).__name__!r}; "
+                "use ctx.sleep() for a delay"
+            )
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise TypeError(
+                f"ctx.sleep_until() got the naive datetime {when.isoformat()}; pass an aware "
+                "UTC datetime, e.g. datetime(..., tzinfo=timezone.utc)"
+            )
+        return self._timer(when.astimezone(timezone.utc))
+
+    def _timer(self, fire_at: datetime) -> _TimerCommand:
+        return _TimerCommand(self, _encode_fire_time(self._codec, fire_at), fire_at)
 
     def uuid4(self) -> uuid.UUID:
         """A random-looking UUID (version 4), the same on every replay.

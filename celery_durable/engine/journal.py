@@ -39,6 +39,8 @@ class Kind(str, Enum):
     """A ``@durable.step`` Celery task, run remotely by a worker."""
     RUN = "run"
     """A local function run inline by the orchestrator (``ctx.run``)."""
+    TIMER = "timer"
+    """A durable timer (``ctx.sleep``, ``ctx.sleep_until``); its input holds the fire time."""
 
 
 class State(str, Enum):
@@ -94,9 +96,12 @@ class Event:
         output: the encoded result, once ``state`` is COMPLETED.
         failure: the failure, once ``state`` is FAILED.
         scheduled_at: when the orchestrator pass that created the command ran.
-        started_at: when a worker last started the step.
-        completed_at: when the outcome was journaled.
+        started_at: when a worker last started the step (cleared when it is sent again).
+        completed_at: when the outcome was journaled (for a timer: when it fired).
         attempts: how many times a worker started the step.
+        heartbeat_at: the step's last sign of life: when it was last sent, or when the
+            worker running it last reported in. Recovery re-sends a step whose last sign
+            of life is too old.
     """
 
     seq: int
@@ -110,6 +115,7 @@ class Event:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     attempts: int = 0
+    heartbeat_at: datetime | None = None
 
 
 @dataclass

@@ -4,13 +4,16 @@ A pass re-runs the workflow from the start. Each ``ctx`` command the coroutine a
 takes the next ``seq``; if the journal holds an event there, the command must match it
 (same kind and name) and gets its journaled outcome; otherwise the command is new: it is
 journaled (a local ``ctx.run`` is executed on the spot) and, once the workflow waits on
-something not done yet, the pass stops. Nothing here performs I/O: the runtime commits
+something not done yet, the pass stops. A pending timer whose fire time has come fires in
+the pass (its completion goes to :attr:`Decision.fired`); one still in the future stops
+the pass with :attr:`Decision.wake_at`. Nothing here performs I/O: the runtime commits
 the decision and sends its messages.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import reprlib
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -18,8 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from celery_durable.engine.commands import Decision, ScheduleStep
-from celery_durable.engine.context import WorkflowContext, _Command, _Cursor
-from celery_durable.engine.journal import Event, Failure, Instance, State, Status
+from celery_durable.engine.context import WorkflowContext, _Command, _Cursor, decode_fire_time
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.engine.serialization import Codec
 from celery_durable.errors import NonDeterminismError, StepFailed
 
@@ -61,14 +64,16 @@ def replay(
         instance: the instance; its ``input`` is the encoded ``[args, kwargs]``.
         events: the journal, ordered by ``seq`` (0, 1, ... n-1).
         codec: the instance's codec, for every payload.
-        now: the time of this pass (UTC): the ``scheduled_at`` of new events.
+        now: the time of this pass (UTC): the ``scheduled_at`` of new events; timers
+            whose fire time is at or before it fire.
         resolve_step: turns the ``task`` given to ``ctx.step`` into the step's name.
 
     Returns:
-        RUNNING with the new events and the steps to send when the workflow waits;
-        COMPLETED with the encoded result; FAILED with the workflow's exception; STUCK
-        (and nothing new to commit) when the code does not match its journal or awaits
-        something other than a ``ctx`` command.
+        RUNNING with the new events and the steps to send when the workflow waits (and
+        ``wake_at`` when it waits on a timer); COMPLETED with the encoded result; FAILED
+        with the workflow's exception; STUCK (and nothing new to commit) when the code
+        does not match its journal or awaits something other than a ``ctx`` command.
+        Every decision but STUCK carries the timers fired in the pass (``fired``).
     """
     return _Pass(workflow, instance, events, codec, now, resolve_step).run()
 
@@ -113,6 +118,9 @@ class _Pass:
         self.ctx = WorkflowContext(instance, self.cursor, codec=codec, resolve_step=resolve_step)
         self.new_events: list[Event] = []
         self.steps: list[ScheduleStep] = []
+        self.fired: list[Event] = []
+        self.timers: list[datetime] = []
+        """Fire times of the pending timers the workflow waits on (several in a gather)."""
         self.label = f"workflow {instance.workflow!r} (id {instance.id!r})"
 
     def run(self) -> Decision:
@@ -156,7 +164,7 @@ class _Pass:
                 return self._failed(exc)
             resumed = self._resolve(self._command(yielded))
             if resumed is None:
-                return Decision(Status.RUNNING, new_events=self.new_events, steps=self.steps)
+                return self._decision(Status.RUNNING)
             outcome = resumed
 
     def _command(self, yielded: Any) -> _Command:
@@ -204,13 +212,35 @@ class _Pass:
                 self.steps.append(message)
         self.cursor.seq += 1
         if not event.state.is_final:
-            return None
+            return self._pending(event)
         if event.state == State.FAILED:
             failure = event.failure or Failure("UnknownError", "the journal holds no details")
             return _Outcome(error=StepFailed(failure.type, failure.message, failure.details))
         if event.output is None:
             return _Outcome()
         return _Outcome(self._decode(event.output, f"the result of seq {seq}"))
+
+    def _pending(self, event: Event) -> _Outcome | None:
+        """A timer whose time has come fires now (outcome ``None``); anything else waits."""
+        if event.kind != Kind.TIMER:
+            return None
+        try:  # the journaled fire time governs, whatever the code computes today
+            fire_at = decode_fire_time(self.codec, event.input)
+        except Exception as exc:
+            raise _Stuck(
+                Failure(
+                    "SerializationError",
+                    f"cannot decode the fire time of the timer at seq {event.seq} of "
+                    f"{self.label} with the {self.codec.name!r} serializer: {exc}",
+                )
+            ) from exc
+        if fire_at > self.now:  # never early: a pass that comes too soon waits again
+            self.timers.append(fire_at)
+            return None
+        self.fired.append(
+            dataclasses.replace(event, state=State.COMPLETED, completed_at=self.now, output=None)
+        )
+        return _Outcome()
 
     def _completed(self, result: Any) -> Decision:
         self._check_consumed(f"returned after {self.cursor.seq} commands")
@@ -238,8 +268,17 @@ class _Pass:
     def _decision(
         self, status: Status, *, output: str | None = None, failure: Failure | None = None
     ) -> Decision:
-        # The commands run in this pass (ctx.run) are journaled along with the end.
-        return Decision(status, self.new_events, self.steps, output=output, failure=failure)
+        # The commands run in this pass (ctx.run, timers fired) are journaled with the end.
+        waiting = status is Status.RUNNING and self.timers
+        return Decision(
+            status,
+            self.new_events,
+            self.steps,
+            output=output,
+            failure=failure,
+            fired=self.fired,
+            wake_at=min(self.timers) if waiting else None,
+        )
 
     def _check_consumed(self, ended: str) -> None:
         """A workflow that ends before the end of its journal no longer matches it."""

@@ -12,7 +12,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from celery import Celery, Task
@@ -29,7 +29,9 @@ from celery_durable.errors import (
     WorkflowNotFound,
 )
 from celery_durable.runtime.codec import KombuCodec
+from celery_durable.runtime.heartbeat import Heartbeats
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome, advance
+from celery_durable.runtime.recovery import recover
 from celery_durable.runtime.settings import Settings
 from celery_durable.runtime.steps import DurableStep, step_task_id
 from celery_durable.stores.base import Commit, Store, open_store
@@ -43,6 +45,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 WorkflowFunction = Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]]
 
 RESUME_TASK = "celery_durable.resume"
+TICK_TASK = "celery_durable.tick"
 
 
 class Workflow(Generic[P, R]):
@@ -141,9 +144,16 @@ class Durable:
         self._store: Store | None = None if store is None or isinstance(store, str) else store
         self._settings: Settings | None = None
         self._codecs: dict[str, KombuCodec] = {}
-        self._clock = clock or utcnow
+        self.clock: Callable[[], datetime] = clock or utcnow
+        """The runtime's time source; tests may swap in ``celery_durable.testing.Clock``."""
+        self.heartbeats = Heartbeats(self)
         self._lock = threading.Lock()
         self._resume_task = self._register_resume_task()
+        self._tick_task = self._register_tick_task()
+        if app.configured:
+            self._schedule_tick(app)
+        # (Again) whenever the app's configuration is loaded: beat reads beat_schedule.
+        app.on_after_configure.connect(self._schedule_tick, weak=False)
         _RUNTIMES[app] = weakref.ref(self)
 
     # -- configuration ---------------------------------------------------------------
@@ -174,7 +184,31 @@ class Durable:
 
     def now(self) -> datetime:
         """The current time (UTC, aware) from this runtime's clock."""
-        return self._clock()
+        return self.clock()
+
+    @property
+    def eta_max(self) -> timedelta:
+        """``durable_eta_max``: the longest delay sent to the broker as a message ETA."""
+        return timedelta(seconds=self.settings.eta_max)
+
+    @property
+    def redrive_after(self) -> timedelta:
+        """``durable_step_timeout``: how long a sent message may wait before it is
+        presumed lost and sent again."""
+        return timedelta(seconds=self.settings.step_timeout)
+
+    def redrive_at(self) -> datetime:
+        """When an instance whose message was just sent must be looked at if it is lost."""
+        return self.now() + self.redrive_after
+
+    def recover(self) -> int:
+        """Do what the tick does, now: fire due timers and re-drive every instance whose
+        progress message is overdue (lost, or its worker died).
+
+        Returns:
+            How many instances were sent a resume message.
+        """
+        return recover(self)
 
     # -- decorators ------------------------------------------------------------------
     @overload
@@ -278,6 +312,7 @@ class Durable:
                     status=Status.RUNNING,
                     updated_at=self.now(),
                     custom_status=instance.custom_status,
+                    wake_at=self.redrive_at(),
                 )
             ):
                 break
@@ -327,6 +362,27 @@ class Durable:
         if countdown:
             options["countdown"] = countdown
         self._resume_task.apply_async((instance_id,), **options)
+
+    def _register_tick_task(self) -> Any:
+        durable = self
+
+        def tick() -> int:
+            return durable.recover()
+
+        register: Any = self.app.task(name=TICK_TASK, ignore_result=True, shared=False)
+        return register(tick)
+
+    def _schedule_tick(self, sender: Celery, **_: Any) -> None:
+        """Put the tick in beat's schedule (``celery -A app beat`` or ``worker -B``)."""
+        interval = Settings.from_conf(sender.conf).tick_interval
+        sender.add_periodic_task(
+            interval,
+            sender.signature(TICK_TASK),
+            name=TICK_TASK,
+            # A tick that waited longer than the next one is useless: drop it.
+            expires=interval,
+            **({"queue": self.settings.queue} if self.settings.queue else {}),
+        )
 
     def _register_resume_task(self) -> Any:
         durable = self

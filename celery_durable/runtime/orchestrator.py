@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from celery_durable.engine.commands import Decision
-from celery_durable.engine.journal import Event, Failure, Instance, State, Status
+from celery_durable.engine.commands import Decision, ScheduleStep
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.engine.replay import replay
 from celery_durable.errors import (
     SerializationError,
@@ -21,6 +21,7 @@ from celery_durable.errors import (
     UnknownWorkflow,
     WorkflowNotFound,
 )
+from celery_durable.runtime.recovery import Wake, plan
 from celery_durable.stores.base import Commit
 
 if TYPE_CHECKING:
@@ -132,7 +133,9 @@ def advance(
                     output=instance.output,
                     failure=instance.failure,
                     outcomes=outcomes,
-                    wake_at=instance.wake_at,
+                    # A worker that knows the workflow must pass by: the resume message
+                    # sent for it may be lost.
+                    wake_at=None if instance.status.is_terminal else durable.redrive_at(),
                     custom_status=instance.custom_status,
                 )
             ):
@@ -154,7 +157,18 @@ def advance(
             now=now,
             resolve_step=durable.resolve_step,
         )
-        if not outcomes and not decision.new_events and decision.status is instance.status:
+        outcomes.extend(decision.fired)
+        wake = Wake(at=None)
+        if decision.status is Status.RUNNING:
+            pending = [e for e in events if e.kind is Kind.STEP and not e.state.is_final]
+            wake = plan(durable, now, pending, decision.new_events, decision.wake_at)
+        if (
+            not outcomes
+            and not decision.new_events
+            and not wake.resend
+            and decision.status is instance.status
+            and wake.at == instance.wake_at
+        ):
             return  # already up to date: e.g. a duplicate message after the first copy won
         committed = store.commit(
             Commit(
@@ -166,7 +180,9 @@ def advance(
                 failure=decision.failure,
                 new_events=decision.new_events,
                 outcomes=outcomes,
+                wake_at=wake.at,
                 custom_status=instance.custom_status,
+                resent=[event.seq for event in wake.resend],
             )
         )
         if not committed:
@@ -181,6 +197,18 @@ def advance(
             )
         for step in decision.steps:
             durable.send_step(instance_id, step)
+        codec = durable.codec(instance.serializer)
+        for event in wake.resend:
+            logger.warning(
+                "workflow %s: step %d (%s) shows no sign of life; sending it again",
+                instance_id,
+                event.seq,
+                event.name,
+            )
+            args, kwargs = codec.loads(event.input) if event.input else ((), {})
+            durable.send_step(instance_id, ScheduleStep(event.seq, event.name, tuple(args), kwargs))
+        if wake.eta is not None:
+            durable.send_resume(instance_id, countdown=(wake.eta - now).total_seconds())
         return
     raise StoreError(
         f"workflow {instance_id}: gave up after {MAX_CAS_ROUNDS} lost compare-and-set rounds"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from celery_durable.errors import ConfigurationError
 from celery_durable.stores.base import DEFAULT_URL
 
 
@@ -19,17 +20,62 @@ class Settings:
             ``None`` means Celery's default queue.
         serializer: the kombu serializer for journal payloads (``durable_serializer``);
             defaults to the app's ``task_serializer``.
+        eta_max: the longest wait, in seconds, sent to the broker as a message with an
+            ETA (``durable_eta_max``, default 300). Longer timers are kept only in the
+            store and fired by the tick. Must stay below the broker's visibility timeout,
+            or Redis/SQS would deliver those messages again and again.
+        tick_interval: seconds between two ticks (``durable_tick_interval``, default 5),
+            the beat-driven task that fires due timers and recovers lost messages.
+        step_timeout: seconds a step (or a resume) message may wait unstarted before it is
+            presumed lost and sent again (``durable_step_timeout``, default 300).
+        heartbeat_interval: seconds between two heartbeats of a running step
+            (``durable_heartbeat_interval``, default 2); a step that misses five is
+            presumed dead with its worker and sent again.
     """
 
     store: str
     queue: str | None
     serializer: str
+    eta_max: float = 300.0
+    tick_interval: float = 5.0
+    step_timeout: float = 300.0
+    heartbeat_interval: float = 2.0
 
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
-        """Read the settings from a Celery app's ``conf``."""
+        """Read the settings from a Celery app's ``conf``.
+
+        Raises:
+            ConfigurationError: a value is not a positive number, or ``durable_eta_max``
+                is not below the broker's ``visibility_timeout``.
+        """
+        numbers = {}
+        for name, default in (
+            ("eta_max", cls.eta_max),
+            ("tick_interval", cls.tick_interval),
+            ("step_timeout", cls.step_timeout),
+            ("heartbeat_interval", cls.heartbeat_interval),
+        ):
+            value = conf.get(f"durable_{name}")
+            value = default if value is None else value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(
+                    f"durable_{name} must be a positive number of seconds, not {value!r}"
+                )
+            numbers[name] = float(value)
+        options = conf.get("broker_transport_options") or {}
+        visibility = options.get("visibility_timeout")
+        if visibility is not None and numbers["eta_max"] >= float(visibility):
+            raise ConfigurationError(
+                f"durable_eta_max ({numbers['eta_max']:g} s) must be below the broker's "
+                f"visibility_timeout ({visibility} s): a message with a longer ETA is "
+                "delivered again every visibility timeout. Lower durable_eta_max (longer "
+                "timers then live in the store and the tick fires them) or raise "
+                "broker_transport_options['visibility_timeout']"
+            )
         return cls(
             store=conf.get("durable_store") or DEFAULT_URL,
             queue=conf.get("durable_queue") or None,
             serializer=conf.get("durable_serializer") or conf.get("task_serializer") or "json",
+            **numbers,
         )

@@ -132,7 +132,8 @@ class DurableStep(Task):  # type: ignore[misc]
         )
         failed: BaseException | None = None
         try:
-            result = self.run(*args, **kwargs)
+            with durable.heartbeats.track(workflow_id, seq):
+                result = self.run(*args, **kwargs)
         except Retry:
             raise
         except Exception as exc:

@@ -34,7 +34,10 @@ class Commit:
         failure: the error (FAILED, STUCK); ``None`` clears it.
         new_events: events to insert (their ``seq`` values are new for this instance).
         outcomes: existing pending events whose outcome this commit journals (their
-            ``state``, ``output``/``failure`` and ``completed_at`` are written).
+            ``state``, ``output``/``failure`` and ``completed_at`` are written, with
+            ``attempts`` kept at the larger count and ``started_at`` when given).
+        resent: seqs of pending steps sent again by this commit's pass (recovery): their
+            ``heartbeat_at`` becomes ``updated_at`` and ``started_at`` is cleared.
         updated_at: the commit's time.
         wake_at: when the instance wants its orchestrator run next (a timer's due time),
             or ``None`` (cleared). Written by every commit, like ``status``.
@@ -52,6 +55,7 @@ class Commit:
     outcomes: Sequence[Event] = field(default_factory=tuple)
     wake_at: datetime | None = None
     custom_status: str | None = None
+    resent: Sequence[int] = field(default_factory=tuple)
 
 
 class Store(Protocol):
@@ -93,6 +97,37 @@ class Store(Protocol):
             ``State.STARTED`` if the step was pending and is now marked; the final state if
             its outcome is already journaled (the caller must not run it again); ``None``
             if there is no such event.
+        """
+        ...
+
+    def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:
+        """Record that a worker is running step ``seq`` (``started_at`` if unset, and
+        ``heartbeat_at`` = ``at``), and pull the instance's ``wake_at`` to ``wake_by`` if
+        it is later (or unset), so that recovery looks at the step if the beats stop.
+
+        Only a pending or running instance's ``wake_at`` is pulled. A store may leave it
+        while a concurrent transaction holds the instance (a commit, which writes its own
+        ``wake_at``, or a claim): waiting for it could deadlock, and the next beat pulls.
+
+        Does not change the version.
+
+        Returns:
+            ``True`` while the step is pending; ``False`` once its outcome is journaled or
+            it does not exist (the caller stops beating).
+        """
+        ...
+
+    def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+        """Claim up to ``limit`` pending or running instances whose ``wake_at <= now``.
+
+        Each claimed instance's ``wake_at`` becomes ``lease_until`` (without a version
+        change), so a concurrent claim (a second tick) does not take it, and so it comes
+        due again if the pass it is claimed for never happens. Instances are taken oldest
+        ``wake_at`` first; concurrent claimers never block each other on a row (PostgreSQL:
+        ``FOR UPDATE SKIP LOCKED``).
+
+        Returns:
+            The claimed instance ids.
         """
         ...
 

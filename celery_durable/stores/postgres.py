@@ -1,4 +1,4 @@
-"""The SQL store's PostgreSQL fast path: the two hot calls as one round trip each.
+"""The SQL store's PostgreSQL fast path: the hot calls as one round trip each.
 
 Every step of every workflow reads its journal once (:meth:`PostgresStore.load`) and
 commits once (:meth:`PostgresStore.commit`). Through SQLAlchemy's expression layer each
@@ -7,7 +7,10 @@ Here each is a single SQL statement, sent as-is to psycopg: the commit's writes 
 data-modifying CTEs hanging off the compare-and-set ``UPDATE``, so the statement is its
 own transaction and writes nothing unless the version (and, for outcomes, every event's
 pending state) still matched. The statements are cached by shape, so psycopg prepares
-them on the server after a few uses. Everything else is inherited from
+them on the server after a few uses. The calls recovery makes often are single statements
+too: :meth:`PostgresStore.heartbeat` (every few seconds per running step; its transaction
+does not wait for the WAL flush) and :meth:`PostgresStore.claim_due` (the tick).
+Everything else is inherited from
 :class:`~celery_durable.stores.sqlalchemy.SQLAlchemyStore`, and the same contract suite
 runs against both.
 """
@@ -21,7 +24,13 @@ from typing import Any
 
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.stores.base import Commit
-from celery_durable.stores.sqlalchemy import SQLAlchemyStore, _aware, _failure_text
+from celery_durable.stores.schema import ACTIVE
+from celery_durable.stores.sqlalchemy import (
+    SQLAlchemyStore,
+    _aware,
+    _failure_text,
+    _resent_seqs,
+)
 
 _INSTANCE_COLUMNS = (
     "id, workflow, status, input, serializer, version, created_at, updated_at, output, "
@@ -29,8 +38,10 @@ _INSTANCE_COLUMNS = (
 )
 _EVENT_COLUMNS = (
     "seq, kind, name, input, state, output, failure, scheduled_at, started_at, "
-    "completed_at, attempts"
+    "completed_at, attempts, heartbeat_at"
 )
+_EVENTS_AT = len(_INSTANCE_COLUMNS.split(","))
+"""Where a :data:`_LOAD` row's event columns start."""
 _PENDING = "('scheduled', 'started')"
 
 _LOAD = (
@@ -41,9 +52,34 @@ _LOAD = (
 )
 
 
+_HEARTBEAT = (
+    "WITH beat AS (UPDATE durable_events"
+    " SET started_at = COALESCE(started_at, %(at)s), heartbeat_at = %(at)s"
+    " WHERE instance_id = %(id)s AND seq = %(seq)s"
+    f" AND state IN {_PENDING} RETURNING instance_id),"
+    # Writes only if `beat` did, and skips an instance row a commit holds: commits lock
+    # the instance before its events, so waiting for it here could deadlock.
+    " pulled AS (UPDATE durable_instances SET wake_at = %(wake_by)s WHERE id ="
+    " (SELECT id FROM durable_instances WHERE id = %(id)s"
+    f" AND {ACTIVE} AND (wake_at IS NULL OR wake_at > %(wake_by)s)"
+    " AND EXISTS (SELECT 1 FROM beat) FOR UPDATE SKIP LOCKED))"
+    # SET LOCAL, for the statement's own transaction: commit without the WAL flush.
+    " SELECT (SELECT count(*) FROM beat), set_config('synchronous_commit', 'off', true)"
+)
+
+_CLAIM_DUE = (
+    "WITH due AS (SELECT id, wake_at FROM durable_instances"
+    f" WHERE {ACTIVE} AND wake_at <= %(now)s"
+    " ORDER BY wake_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+    " claimed AS (UPDATE durable_instances i SET wake_at = %(lease_until)s FROM due"
+    " WHERE i.id = due.id RETURNING i.id, due.wake_at)"
+    " SELECT id FROM claimed ORDER BY wake_at"
+)
+
+
 @functools.lru_cache(maxsize=64)
-def _commit_sql(outcomes: int, new_events: int) -> str:
-    """The commit statement for this many outcomes and new events."""
+def _commit_sql(outcomes: int, new_events: int, resent: bool) -> str:
+    """The commit statement for this many outcomes and new events (and resent steps)."""
     check = (
         f" AND (SELECT count(*) FROM durable_events WHERE instance_id = %(id)s"
         f" AND seq = ANY(%(outcome_seqs)s) AND state IN {_PENDING}) = {outcomes}"
@@ -73,13 +109,19 @@ def _commit_sql(outcomes: int, new_events: int) -> str:
             " attempts, started_at)"
             f" WHERE e.instance_id = moved.id AND e.seq = v.seq AND e.state IN {_PENDING})"
         )
+    if resent:
+        parts.append(
+            "resent AS (UPDATE durable_events AS e SET heartbeat_at = %(updated_at)s,"
+            " started_at = NULL FROM moved WHERE e.instance_id = moved.id"
+            f" AND e.seq = ANY(%(resent)s::int[]) AND e.state IN {_PENDING})"
+        )
     if new_events:
         rows = ", ".join(
             f"(%(n{i}_seq)s::int, %(n{i}_kind)s::text, %(n{i}_name)s::text,"
             f" %(n{i}_input)s::text, %(n{i}_state)s::text, %(n{i}_output)s::text,"
             f" %(n{i}_failure)s::text, %(n{i}_scheduled_at)s::timestamptz,"
             f" %(n{i}_started_at)s::timestamptz, %(n{i}_completed_at)s::timestamptz,"
-            f" %(n{i}_attempts)s::int)"
+            f" %(n{i}_attempts)s::int, %(n{i}_heartbeat_at)s::timestamptz)"
             for i in range(new_events)
         )
         parts.append(
@@ -98,7 +140,9 @@ class PostgresStore(SQLAlchemyStore):
             rows = conn.exec_driver_sql(_LOAD, {"id": instance_id}).all()
         if not rows:
             return None
-        return _instance(rows[0]), [_event(row[13:]) for row in rows if row[13] is not None]
+        return _instance(rows[0]), [
+            _event(row[_EVENTS_AT:]) for row in rows if row[_EVENTS_AT] is not None
+        ]
 
     def commit(self, commit: Commit) -> bool:
         """Apply ``commit`` as one statement if the version still matches."""
@@ -114,6 +158,9 @@ class PostgresStore(SQLAlchemyStore):
         }
         if commit.outcomes:
             params["outcome_seqs"] = [e.seq for e in commit.outcomes]
+        resent = _resent_seqs(commit)
+        if resent:
+            params["resent"] = resent
         for i, e in enumerate(commit.outcomes):
             if not State(e.state).is_final:
                 raise ValueError(f"outcome for event {e.seq} has state {e.state!r}, not final")
@@ -142,12 +189,41 @@ class PostgresStore(SQLAlchemyStore):
                     f"n{i}_started_at": _aware(e.started_at, "started_at"),
                     f"n{i}_completed_at": _aware(e.completed_at, "completed_at"),
                     f"n{i}_attempts": e.attempts,
+                    f"n{i}_heartbeat_at": _aware(e.heartbeat_at, "heartbeat_at"),
                 }
             )
-        sql = _commit_sql(len(commit.outcomes), len(commit.new_events))
+        sql = _commit_sql(len(commit.outcomes), len(commit.new_events), bool(resent))
         with self._read() as conn:
             moved = conn.exec_driver_sql(sql, params).scalar_one()
         return bool(moved == 1)
+
+    def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:
+        """Record a running step's sign of life as one statement (see ``Store.heartbeat``).
+
+        Its transaction commits without waiting for the WAL flush: a beat lost in a
+        database crash is harmless, and every running step sends one every few seconds.
+        """
+        params = {
+            "id": instance_id,
+            "seq": seq,
+            "at": _aware(at, "at"),
+            "wake_by": _aware(wake_by, "wake_by"),
+        }
+        with self._read() as conn:
+            beat = conn.exec_driver_sql(_HEARTBEAT, params).scalar_one()
+        return bool(beat == 1)
+
+    def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+        """Claim due instances as one statement (see ``Store.claim_due``)."""
+        params = {
+            "now": _aware(now, "now"),
+            "lease_until": _aware(lease_until, "lease_until"),
+            "limit": limit,
+        }
+        if limit <= 0:
+            return []
+        with self._read() as conn:
+            return list(conn.exec_driver_sql(_CLAIM_DUE, params).scalars())
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -191,4 +267,5 @@ def _event(row: Sequence[Any]) -> Event:
         started_at=_utc(row[8]),
         completed_at=_utc(row[9]),
         attempts=row[10],
+        heartbeat_at=_utc(row[11]),
     )

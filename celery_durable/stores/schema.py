@@ -23,10 +23,20 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    text,
 )
 
 SCHEMA_VERSION = 1
 """The version of the tables below, recorded in ``durable_meta`` as ``schema_version``."""
+
+ACTIVE = "status IN ('pending', 'running')"
+"""The instances recovery looks at, as SQL: the due index's predicate.
+
+Queries that want the index repeat this text verbatim, with the values inlined (not bound):
+SQLite uses a partial index only for a query whose WHERE clause contains the index's terms
+as they are written, and PostgreSQL's prepared (generic) plans cannot tell that bound
+values match them.
+"""
 
 
 _ZONED_DIALECTS = frozenset({"postgresql", "oracle", "mssql"})
@@ -81,9 +91,16 @@ instances = Table(
     Column("parent_id", String(255), nullable=True),
     Index("ix_durable_instances_status", "status"),
     Index("ix_durable_instances_workflow", "workflow"),
-    Index("ix_durable_instances_wake_at", "wake_at"),
     Index("ix_durable_instances_created_at", "created_at"),
 )
+
+# The tick's index: ``WHERE status IN ('pending', 'running') AND wake_at <= :now ORDER BY
+# wake_at LIMIT n`` reads the due instances in order off its front and stops after n rows.
+# Partial on the dialects that have partial indexes (a plain ``wake_at`` index elsewhere):
+# finished and stuck instances, which are most rows, and live ones without a wake_at get no
+# entry, so the index stays as small as the set of live instances that have a wake_at.
+_DUE = text(f"{ACTIVE} AND wake_at IS NOT NULL")
+Index("ix_durable_instances_due", instances.c.wake_at, postgresql_where=_DUE, sqlite_where=_DUE)
 
 events = Table(
     "durable_events",
@@ -105,6 +122,7 @@ events = Table(
     Column("started_at", UTCDateTime, nullable=True),
     Column("completed_at", UTCDateTime, nullable=True),
     Column("attempts", Integer, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=True),
 )
 
 meta = Table(

@@ -55,17 +55,22 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     URL,
     Connection,
     Engine,
+    Executable,
     RowMapping,
+    bindparam,
     case,
     create_engine,
     event,
+    func,
     insert,
+    literal,
+    or_,
     select,
     text,
     update,
@@ -77,7 +82,15 @@ from sqlalchemy.pool import QueuePool, StaticPool
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
 from celery_durable.stores.base import Commit
-from celery_durable.stores.schema import SCHEMA_VERSION, events, instances, meta, metadata
+from celery_durable.stores.schema import (
+    ACTIVE,
+    SCHEMA_VERSION,
+    UTCDateTime,
+    events,
+    instances,
+    meta,
+    metadata,
+)
 
 __all__ = ["SQLAlchemyStore"]
 
@@ -88,6 +101,10 @@ CONNECT_TIMEOUT = 10
 """Seconds to wait for a server database to accept a connection."""
 
 _PENDING = (State.SCHEDULED.value, State.STARTED.value)
+_SQLITE_DUE = (
+    "SELECT id FROM durable_instances INDEXED BY ix_durable_instances_due"
+    f" WHERE {ACTIVE} AND wake_at <= :now ORDER BY wake_at LIMIT :limit"
+)
 _BEGIN_OPTION = "celery_durable_begin"
 _SCHEMA_LOCK_KEY = 0x6475_7261_626C  # pg_advisory_xact_lock key: "durabl"
 _POSTGRES_HINT = "install the driver: pip install 'celery-durable[postgres]'"
@@ -192,6 +209,7 @@ class SQLAlchemyStore:
             "custom_status": commit.custom_status,
         }
         outcomes = [_outcome_values(outcome) for outcome in commit.outcomes]
+        resent = _resent_seqs(commit)
         new_events = [_event_values(commit.instance_id, e) for e in commit.new_events]
         try:
             with self._transaction(write=True) as conn:
@@ -217,6 +235,16 @@ class SQLAlchemyStore:
                     )
                     if written.rowcount != 1:
                         raise _Abort
+                if resent:
+                    conn.execute(
+                        update(events)
+                        .where(
+                            events.c.instance_id == commit.instance_id,
+                            events.c.seq.in_(resent),
+                            events.c.state.in_(_PENDING),
+                        )
+                        .values(heartbeat_at=instance_values["updated_at"], started_at=None)
+                    )
                 if new_events:
                     conn.execute(insert(events), new_events)
         except _Abort:
@@ -248,6 +276,89 @@ class SQLAlchemyStore:
                 )
             ).scalar_one_or_none()
         return None if state is None else State(state)
+
+    def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:
+        """Record a running step's sign of life (see ``Store.heartbeat``).
+
+        One transaction. The event row is written first; the instance row is then locked
+        with ``SKIP LOCKED`` and its ``wake_at`` pulled only if no commit holds it: a commit
+        locks the instance before its events, so waiting for it here could deadlock, and
+        the commit writes a fresh ``wake_at`` anyway (the next beat pulls it again).
+
+        On PostgreSQL the transaction commits without waiting for its WAL flush
+        (``synchronous_commit = off``): a beat lost in a database crash is harmless, and
+        every running step sends one every few seconds.
+        """
+        at = _aware(at, "at")
+        wake_by = _aware(wake_by, "wake_by")
+        with self._transaction(write=True) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SET LOCAL synchronous_commit = off"))
+            beat = conn.execute(
+                update(events)
+                .where(
+                    events.c.instance_id == instance_id,
+                    events.c.seq == seq,
+                    events.c.state.in_(_PENDING),
+                )
+                .values(
+                    # Typed, so that the value is stored as UTC like every other timestamp.
+                    started_at=func.coalesce(events.c.started_at, literal(at, UTCDateTime)),
+                    heartbeat_at=at,
+                )
+            )
+            if beat.rowcount != 1:
+                return False
+            later = conn.execute(
+                select(instances.c.id)
+                .where(
+                    instances.c.id == instance_id,
+                    text(ACTIVE),
+                    or_(instances.c.wake_at.is_(None), instances.c.wake_at > wake_by),
+                )
+                .with_for_update(skip_locked=True)
+            ).scalar_one_or_none()
+            if later is not None:
+                conn.execute(
+                    update(instances).where(instances.c.id == instance_id).values(wake_at=wake_by)
+                )
+        return True
+
+    def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
+        """Claim due instances, oldest ``wake_at`` first (see ``Store.claim_due``).
+
+        One transaction selects the due ids and moves their ``wake_at`` to
+        ``lease_until``. Claimers cannot take an id twice: SQLite's ``BEGIN IMMEDIATE``
+        runs them one after the other; on a server database the ``SELECT`` locks the rows
+        it returns (``FOR UPDATE SKIP LOCKED``: a concurrent claimer skips them, and once
+        this transaction commits they are no longer due).
+        """
+        now = _aware(now, "now")
+        lease_until = _aware(lease_until, "lease_until")
+        if limit <= 0:
+            return []
+        due: Executable
+        if self._sqlite:
+            # Without statistics SQLite prefers the status index, which holds every live
+            # instance, and sorts them all; the due index reads the due ones in order.
+            due = text(_SQLITE_DUE).bindparams(
+                bindparam("now", now, type_=UTCDateTime), bindparam("limit", limit)
+            )
+        else:
+            due = (
+                select(instances.c.id)
+                .where(text(ACTIVE), instances.c.wake_at <= now)
+                .order_by(instances.c.wake_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        with self._transaction(write=True) as conn:
+            claimed = list(conn.execute(due).scalars())
+            if claimed:
+                conn.execute(
+                    update(instances).where(instances.c.id.in_(claimed)).values(wake_at=lease_until)
+                )
+        return claimed
 
     def list(
         self, *, status: Status | None = None, workflow: str | None = None, limit: int = 100
@@ -503,6 +614,10 @@ def _mask_text(raw: str) -> str:
 # ---------------------------------------------------------------------- rows
 
 
+@overload
+def _aware(value: datetime, name: str) -> datetime: ...
+@overload
+def _aware(value: datetime | None, name: str) -> datetime | None: ...
 def _aware(value: datetime | None, name: str) -> datetime | None:
     if value is not None and value.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime (UTC), got {value!r}")
@@ -567,7 +682,16 @@ def _event_values(instance_id: str, e: Event) -> dict[str, Any]:
         "started_at": _aware(e.started_at, "started_at"),
         "completed_at": _aware(e.completed_at, "completed_at"),
         "attempts": e.attempts,
+        "heartbeat_at": _aware(e.heartbeat_at, "heartbeat_at"),
     }
+
+
+def _resent_seqs(commit: Commit) -> list[int]:
+    """The seqs whose sign of life ``commit`` renews: its ``resent`` steps, except those
+    it journals an outcome for (final once it applies; PostgreSQL also cannot update one
+    row twice in a statement)."""
+    journaled = {e.seq for e in commit.outcomes}
+    return sorted({seq for seq in commit.resent if seq not in journaled})
 
 
 def _outcome_values(e: Event) -> tuple[int, dict[str, Any]]:
@@ -601,6 +725,7 @@ def _event_from_row(row: RowMapping) -> Event:
         started_at=row[f"{prefix}started_at"],
         completed_at=row[f"{prefix}completed_at"],
         attempts=row[f"{prefix}attempts"],
+        heartbeat_at=row[f"{prefix}heartbeat_at"],
     )
 
 

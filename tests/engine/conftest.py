@@ -15,8 +15,20 @@ from celery_durable.errors import SerializationError
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
 
 
-class JsonCodec:
-    """The smallest codec: stdlib json, failing the way the Codec protocol asks."""
+def _encode_datetime(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"__type__": "datetime", "__value__": value.isoformat()}
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _decode_datetime(data: dict[str, Any]) -> Any:
+    if data.get("__type__") == "datetime":
+        return datetime.fromisoformat(data["__value__"])
+    return data
+
+
+class PlainJsonCodec:
+    """The smallest codec: stdlib json (no datetimes), failing as the Codec protocol asks."""
 
     name = "json"
 
@@ -30,9 +42,28 @@ class JsonCodec:
         return json.loads(data)
 
 
+class JsonCodec(PlainJsonCodec):
+    """Stdlib json that round-trips datetimes the way kombu's json serializer does."""
+
+    def dumps(self, value: Any) -> str:
+        try:
+            return json.dumps(value, default=_encode_datetime)
+        except TypeError as exc:
+            raise SerializationError(str(exc)) from exc
+
+    def loads(self, data: str) -> Any:
+        return json.loads(data, object_hook=_decode_datetime)
+
+
 @pytest.fixture
 def codec() -> JsonCodec:
     return JsonCodec()
+
+
+@pytest.fixture
+def plain_codec() -> PlainJsonCodec:
+    """A codec that cannot encode datetimes (unlike kombu's json)."""
+    return PlainJsonCodec()
 
 
 @pytest.fixture
@@ -77,6 +108,35 @@ def event(codec: JsonCodec) -> Callable[..., Event]:
             output=codec.dumps(output) if state is State.COMPLETED else None,
             failure=failure,
             completed_at=at if state.is_final else None,
+        )
+
+    return build
+
+
+@pytest.fixture
+def timer(codec: JsonCodec) -> Callable[..., Event]:
+    """Build a journal timer event that fires at ``fire_at``, issued at ``at``.
+
+    A COMPLETED timer fired at ``fired_at`` (default: its fire time).
+    """
+
+    def build(
+        seq: int,
+        fire_at: datetime,
+        state: State = State.SCHEDULED,
+        *,
+        at: datetime = T0,
+        fired_at: datetime | None = None,
+    ) -> Event:
+        fired = state.is_final
+        return Event(
+            seq=seq,
+            kind=Kind.TIMER,
+            name="sleep",
+            input=codec.dumps([[fire_at], {}]),
+            state=state,
+            scheduled_at=at,
+            completed_at=(fired_at or fire_at) if fired else None,
         )
 
     return build

@@ -1,0 +1,118 @@
+"""When an instance must be looked at next, and the tick that looks.
+
+Every pending or running instance carries a ``wake_at``: the earliest of its timers' fire
+times and its pending steps' deadlines. Nothing else keeps a workflow alive: a resume
+message with an ETA is only a shortcut for a short timer, and a step's own message only
+a shortcut for its result. If any message is lost (a killed worker, a broker restarted
+without persistence, a crash between a commit and its publish), ``wake_at`` comes due and
+the tick sends the instance's orchestrator a new message. The orchestrator then fires
+due timers and sends again the steps that show no sign of life.
+
+A step's deadline:
+
+* not started (no heartbeat from a worker): sent + ``durable_step_timeout``: the message
+  is presumed lost after waiting that long in the queue;
+* started: its last heartbeat + ``durable_heartbeat_interval`` x ``HEARTBEAT_MISSES``: the
+  worker running it is presumed dead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from celery_durable.engine.journal import Event, Kind
+
+if TYPE_CHECKING:
+    from celery_durable.runtime.durable import Durable
+
+#: Missed heartbeats after which a running step's worker is presumed dead.
+HEARTBEAT_MISSES = 5
+
+#: How many due instances one claim takes.
+CLAIM_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Wake:
+    """What a pass decided about time: when to look again, and which steps to send again."""
+
+    at: datetime | None
+    resend: tuple[Event, ...] = ()
+    eta: datetime | None = None
+    """The fire time of a timer near enough to be sent as a resume message with an ETA."""
+
+
+def plan(
+    durable: Durable,
+    now: datetime,
+    pending: Iterable[Event],
+    new: Iterable[Event],
+    timer_at: datetime | None,
+) -> Wake:
+    """Decide an instance's next ``wake_at`` after a pass that leaves it waiting.
+
+    Args:
+        durable: the runtime (its settings).
+        now: the pass's time.
+        pending: journaled steps still without an outcome.
+        new: the events this pass creates (steps scheduled, timers set, runs).
+        timer_at: the earliest fire time of the timers the workflow waits on.
+    """
+    settings = durable.settings
+    step_timeout = timedelta(seconds=settings.step_timeout)
+    heartbeat_timeout = timedelta(seconds=settings.heartbeat_interval * HEARTBEAT_MISSES)
+    candidates: list[datetime] = []
+    resend: list[Event] = []
+    eta = None
+    new = list(new)
+    if timer_at is not None:
+        # Only a timer set by this pass gets its ETA message: a later pass (another
+        # step's result, a duplicate) must not send it again and again.
+        fresh = any(event.kind is Kind.TIMER for event in new)
+        if fresh and timer_at - now <= timedelta(seconds=settings.eta_max):
+            eta = timer_at
+            # The ETA message fires it; the tick is the backup if that message is lost.
+            candidates.append(timer_at + timedelta(seconds=settings.tick_interval * 2))
+        else:
+            candidates.append(timer_at)
+    for event in pending:
+        if event.kind is not Kind.STEP:
+            continue
+        if event.started_at is not None and event.heartbeat_at is not None:
+            deadline = event.heartbeat_at + heartbeat_timeout
+        else:
+            deadline = (event.heartbeat_at or event.scheduled_at) + step_timeout
+        if deadline <= now:
+            resend.append(event)
+            deadline = now + step_timeout
+        candidates.append(deadline)
+    if any(event.kind is Kind.STEP for event in new):
+        candidates.append(now + step_timeout)
+    return Wake(at=min(candidates) if candidates else None, resend=tuple(resend), eta=eta)
+
+
+def recover(durable: Durable, limit: int | None = None) -> int:
+    """Send a resume message to every instance whose ``wake_at`` has come (the tick).
+
+    Claims due instances in batches (two ticks running at once never claim the same
+    instance) and pushes each claimed ``wake_at`` one step timeout ahead, so an instance
+    whose resume message is lost again is claimed again later.
+
+    Returns:
+        How many instances were sent a resume message.
+    """
+    sent = 0
+    now = durable.now()
+    lease_until = now + timedelta(seconds=durable.settings.step_timeout)
+    while limit is None or sent < limit:
+        batch = CLAIM_BATCH if limit is None else min(CLAIM_BATCH, limit - sent)
+        claimed = durable.store.claim_due(now, lease_until, batch)
+        for instance_id in claimed:
+            durable.send_resume(instance_id)
+        sent += len(claimed)
+        if len(claimed) < batch:
+            break
+    return sent
