@@ -73,6 +73,7 @@ class HistoryEvent:
         error: the failure once failed.
         scheduled_at / started_at / completed_at: timestamps (UTC).
         attempts: how many times a worker started it.
+        heartbeat_at: a step's last sign of life (sent again, or its worker reporting in).
     """
 
     seq: int
@@ -87,6 +88,7 @@ class HistoryEvent:
     started_at: datetime | None
     completed_at: datetime | None
     attempts: int
+    heartbeat_at: datetime | None = None
 
 
 class WorkflowHandle(Generic[R]):
@@ -179,6 +181,7 @@ def _describe(event: Event, codec: Codec) -> HistoryEvent:
         started_at=event.started_at,
         completed_at=event.completed_at,
         attempts=event.attempts,
+        heartbeat_at=event.heartbeat_at,
     )
 
 
