@@ -187,29 +187,37 @@ def advance(
         )
         if not committed:
             continue
-        if decision.status is Status.STUCK:
-            logger.error(
-                "workflow %s (%s) is stuck: %s: %s",
-                instance_id,
-                instance.workflow,
-                decision.failure.type if decision.failure else "?",
-                decision.failure.message if decision.failure else "",
-            )
-        for step in decision.steps:
-            durable.send_step(instance_id, step)
-        codec = durable.codec(instance.serializer)
-        for event in wake.resend:
-            logger.warning(
-                "workflow %s: step %d (%s) shows no sign of life; sending it again",
-                instance_id,
-                event.seq,
-                event.name,
-            )
-            args, kwargs = codec.loads(event.input) if event.input else ((), {})
-            durable.send_step(instance_id, ScheduleStep(event.seq, event.name, tuple(args), kwargs))
-        if wake.eta is not None:
-            durable.send_resume(instance_id, countdown=(wake.eta - now).total_seconds())
+        _publish(durable, instance, decision, wake, now)
         return
     raise StoreError(
         f"workflow {instance_id}: gave up after {MAX_CAS_ROUNDS} lost compare-and-set rounds"
     )
+
+
+def _publish(
+    durable: Durable, instance: Instance, decision: Decision, wake: Wake, now: datetime
+) -> None:
+    """Send what a committed pass decided (never before its commit: the outbox rule)."""
+    if decision.status is Status.STUCK:
+        failure = decision.failure or Failure("UnknownError", "")
+        logger.error(
+            "workflow %s (%s) is stuck: %s: %s",
+            instance.id,
+            instance.workflow,
+            failure.type,
+            failure.message,
+        )
+    for step in decision.steps:
+        durable.send_step(instance.id, step)
+    codec = durable.codec(instance.serializer)
+    for event in wake.resend:
+        logger.warning(
+            "workflow %s: step %d (%s) shows no sign of life; sending it again",
+            instance.id,
+            event.seq,
+            event.name,
+        )
+        args, kwargs = codec.loads(event.input) if event.input else ((), {})
+        durable.send_step(instance.id, ScheduleStep(event.seq, event.name, tuple(args), kwargs))
+    if wake.eta is not None:
+        durable.send_resume(instance.id, countdown=(wake.eta - now).total_seconds())
