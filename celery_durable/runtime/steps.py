@@ -120,7 +120,9 @@ class DurableStep(Task):  # type: ignore[misc]
             self._advance(workflow_id, None, journal)
             return None
 
-        attempt = int(self.request.retries or 0) + 1
+        # Celery counts its retries; the journal counts runs it saw start (a step sent
+        # again after its worker died is a new message with retries = 0).
+        attempt = max(int(self.request.retries or 0), event.attempts) + 1
         started_at = durable.now()
         token = _current.set(
             StepInfo(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from celery_durable.engine.journal import Event, Failure, Instance, State, Status
+from celery_durable.engine.journal import Event, Failure, Instance, Status
 from celery_durable.errors import ConfigurationError
 
 
@@ -88,21 +88,10 @@ class Store(Protocol):
         """
         ...
 
-    def start_step(self, instance_id: str, seq: int, at: datetime) -> State | None:
-        """Mark a pending step as started by a worker (``attempts += 1``, ``started_at``).
-
-        Does not change the version: it is bookkeeping, not a journal outcome.
-
-        Returns:
-            ``State.STARTED`` if the step was pending and is now marked; the final state if
-            its outcome is already journaled (the caller must not run it again); ``None``
-            if there is no such event.
-        """
-        ...
-
     def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:
-        """Record that a worker is running step ``seq`` (``started_at`` if unset, and
-        ``heartbeat_at`` = ``at``), and pull the instance's ``wake_at`` to ``wake_by`` if
+        """Record that a worker is running step ``seq`` (``heartbeat_at`` = ``at``; on the
+        first beat of a run, ``started_at`` unset, also ``started_at`` = ``at`` and
+        ``attempts += 1``), and pull the instance's ``wake_at`` to ``wake_by`` if
         it is later (or unset), so that recovery looks at the step if the beats stop.
 
         Only a pending or running instance's ``wake_at`` is pulled. A store may leave it

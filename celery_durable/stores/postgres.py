@@ -54,7 +54,10 @@ _LOAD = (
 
 _HEARTBEAT = (
     "WITH beat AS (UPDATE durable_events"
-    " SET started_at = COALESCE(started_at, %(at)s), heartbeat_at = %(at)s"
+    " SET state = 'started', started_at = COALESCE(started_at, %(at)s),"
+    " heartbeat_at = %(at)s,"
+    # The first beat of a run (sent or sent again: started_at unset) counts an attempt.
+    " attempts = attempts + CASE WHEN started_at IS NULL THEN 1 ELSE 0 END"
     " WHERE instance_id = %(id)s AND seq = %(seq)s"
     f" AND state IN {_PENDING} RETURNING instance_id),"
     # Writes only if `beat` did, and skips an instance row a commit holds: commits lock
@@ -112,7 +115,7 @@ def _commit_sql(outcomes: int, new_events: int, resent: bool) -> str:
     if resent:
         parts.append(
             "resent AS (UPDATE durable_events AS e SET heartbeat_at = %(updated_at)s,"
-            " started_at = NULL FROM moved WHERE e.instance_id = moved.id"
+            " started_at = NULL, state = 'scheduled' FROM moved WHERE e.instance_id = moved.id"
             f" AND e.seq = ANY(%(resent)s::int[]) AND e.state IN {_PENDING})"
         )
     if new_events:

@@ -243,39 +243,17 @@ class SQLAlchemyStore:
                             events.c.seq.in_(resent),
                             events.c.state.in_(_PENDING),
                         )
-                        .values(heartbeat_at=instance_values["updated_at"], started_at=None)
+                        .values(
+                            heartbeat_at=instance_values["updated_at"],
+                            started_at=None,
+                            state=State.SCHEDULED.value,
+                        )
                     )
                 if new_events:
                     conn.execute(insert(events), new_events)
         except _Abort:
             return False
         return True
-
-    def start_step(self, instance_id: str, seq: int, at: datetime) -> State | None:
-        """Mark a pending step as started (see ``Store.start_step``)."""
-        started_at = _aware(at, "at")
-        with self._transaction(write=True) as conn:
-            marked = conn.execute(
-                update(events)
-                .where(
-                    events.c.instance_id == instance_id,
-                    events.c.seq == seq,
-                    events.c.state.in_(_PENDING),
-                )
-                .values(
-                    state=State.STARTED.value,
-                    attempts=events.c.attempts + 1,
-                    started_at=started_at,
-                )
-            )
-            if marked.rowcount == 1:
-                return State.STARTED
-            state = conn.execute(
-                select(events.c.state).where(
-                    events.c.instance_id == instance_id, events.c.seq == seq
-                )
-            ).scalar_one_or_none()
-        return None if state is None else State(state)
 
     def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:
         """Record a running step's sign of life (see ``Store.heartbeat``).
@@ -303,8 +281,11 @@ class SQLAlchemyStore:
                 )
                 .values(
                     # Typed, so that the value is stored as UTC like every other timestamp.
+                    state=State.STARTED.value,
                     started_at=func.coalesce(events.c.started_at, literal(at, UTCDateTime)),
                     heartbeat_at=at,
+                    # The first beat of a run (sent or sent again) counts an attempt.
+                    attempts=events.c.attempts + case((events.c.started_at.is_(None), 1), else_=0),
                 )
             )
             if beat.rowcount != 1:

@@ -378,7 +378,7 @@ class StoreContract:
     def test_outcome_of_a_started_step(self, store: Store) -> None:
         store.create(make_instance("wf-started"))
         assert store.commit(Commit("wf-started", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
-        assert store.start_step("wf-started", 0, T0 + timedelta(seconds=5)) is State.STARTED
+        assert store.heartbeat("wf-started", 0, T0 + timedelta(seconds=5), T0 + timedelta(days=1))
 
         assert store.commit(
             Commit("wf-started", 1, Status.RUNNING, T0, outcomes=[completed(make_event(0))])
@@ -479,44 +479,39 @@ class StoreContract:
         assert loaded is not None
         assert loaded[1] == [make_event(0, name="b")]
 
-    # ------------------------------------------------------------------ start_step
+    # ------------------------------------------------------------------ attempts
 
-    def test_start_step_marks_pending_step(self, store: Store) -> None:
-        store.create(make_instance("wf-ss"))
-        assert store.commit(Commit("wf-ss", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
+    def test_first_beat_of_each_run_counts_an_attempt(self, store: Store) -> None:
+        store.create(make_instance("wf-att"))
+        assert store.commit(Commit("wf-att", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
+        later = T0 + timedelta(days=1)
 
-        first = store.start_step("wf-ss", 0, (T0 + timedelta(seconds=1)).astimezone(ELSEWHERE))
-        second = store.start_step("wf-ss", 0, T0 + timedelta(seconds=2))
-
-        assert first is State.STARTED
-        assert second is State.STARTED
-        loaded = store.load("wf-ss")
+        assert store.heartbeat(
+            "wf-att", 0, (T0 + timedelta(seconds=1)).astimezone(ELSEWHERE), later
+        )
+        assert store.heartbeat("wf-att", 0, T0 + timedelta(seconds=2), later)
+        loaded = store.load("wf-att")
         assert loaded is not None
         instance, (step,) = loaded
-        assert instance.version == 1, "start_step must not bump the version"
+        assert instance.version == 1, "a heartbeat must not bump the version"
         assert step.state is State.STARTED
-        assert step.attempts == 2
-        assert step.started_at == T0 + timedelta(seconds=2)
+        assert step.attempts == 1, "later beats of the same run count nothing"
+        assert step.started_at == T0 + timedelta(seconds=1)
         assert_event_types([step])
 
-    @pytest.mark.parametrize("outcome", [State.COMPLETED, State.FAILED])
-    def test_start_step_on_final_step_returns_its_state(self, store: Store, outcome: State) -> None:
-        store.create(make_instance("wf-final"))
-        assert store.commit(Commit("wf-final", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
-        done = completed(make_event(0)) if outcome is State.COMPLETED else failed(make_event(0))
-        assert store.commit(Commit("wf-final", 1, Status.RUNNING, T0, outcomes=[done]))
-
-        assert store.start_step("wf-final", 0, T0) is outcome
-
-        loaded = store.load("wf-final")
-        assert loaded is not None
-        assert loaded[1] == [done], "a final step is left as it is"
-
-    def test_start_step_on_missing_event_is_none(self, store: Store) -> None:
-        store.create(make_instance("wf-none"))
-
-        assert store.start_step("wf-none", 0, T0) is None
-        assert store.start_step("nope", 0, T0) is None
+        # The worker died; recovery sends the step again; the new run beats.
+        assert store.commit(
+            Commit("wf-att", 1, Status.RUNNING, T0 + timedelta(minutes=1), resent=[0])
+        )
+        resent = store.load("wf-att")
+        assert resent is not None
+        assert resent[1][0].state is State.SCHEDULED
+        assert resent[1][0].started_at is None
+        assert store.heartbeat("wf-att", 0, T0 + timedelta(minutes=2), later)
+        again = store.load("wf-att")
+        assert again is not None
+        assert again[1][0].attempts == 2
+        assert again[1][0].started_at == T0 + timedelta(minutes=2)
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -569,8 +564,12 @@ class StoreContract:
         assert loaded is not None
         instance, (step,) = loaded
         assert step == make_event(
-            0, started_at=T0 + timedelta(seconds=1), heartbeat_at=T0 + timedelta(seconds=1)
-        ), "state and attempts are left alone"
+            0,
+            state=State.STARTED,
+            attempts=1,
+            started_at=T0 + timedelta(seconds=1),
+            heartbeat_at=T0 + timedelta(seconds=1),
+        ), "the first beat marks the step started and counts an attempt"
         assert_event_types([step])
         assert instance.wake_at == T0 + timedelta(minutes=1), "wake_at pulled earlier"
         assert instance.version == 1, "heartbeat must not bump the version"
@@ -600,7 +599,9 @@ class StoreContract:
 
     def test_heartbeat_keeps_started_at_of_a_started_step(self, store: Store) -> None:
         self._running_step(store, "wf-hb-started")
-        assert store.start_step("wf-hb-started", 0, T0 + timedelta(seconds=2)) is State.STARTED
+        assert store.heartbeat(
+            "wf-hb-started", 0, T0 + timedelta(seconds=2), T0 + timedelta(minutes=1)
+        )
 
         assert store.heartbeat(
             "wf-hb-started", 0, T0 + timedelta(seconds=7), T0 + timedelta(minutes=1)
@@ -692,9 +693,9 @@ class StoreContract:
                 new_events=[make_event(0), make_event(1), make_event(2)],
             )
         )
-        assert store.start_step(instance_id, 0, T0 + timedelta(seconds=1)) is State.STARTED
+        assert store.heartbeat(instance_id, 0, T0 + timedelta(seconds=1), T0 + timedelta(days=1))
         assert store.heartbeat(instance_id, 0, T0 + timedelta(seconds=2), T0 + timedelta(days=1))
-        assert store.start_step(instance_id, 1, T0 + timedelta(seconds=1)) is State.STARTED
+        assert store.heartbeat(instance_id, 1, T0 + timedelta(seconds=1), T0 + timedelta(days=1))
         assert store.commit(
             Commit(
                 instance_id,
@@ -726,9 +727,8 @@ class StoreContract:
         assert loaded[0].version == 3
         step0, step1, step2 = loaded[1]
         assert step0 == dataclasses.replace(
-            before[1][0], started_at=None, heartbeat_at=resent_at
-        ), "state and attempts are kept"
-        assert step0.state is State.STARTED
+            before[1][0], state=State.SCHEDULED, started_at=None, heartbeat_at=resent_at
+        ), "sent again: scheduled, not started; its attempts are kept"
         assert step0.attempts == 1
         assert step1 == before[1][1]
         assert step2 == before[1][2]
