@@ -37,6 +37,10 @@ class Decision:
             time had come. They are journaled as outcomes in the same commit.
         wake_at: the earliest fire time among the timers the workflow now waits on, or
             ``None``; the runtime arranges for a pass at (not before) that time.
+        custom_status: the encoded value of the last ``ctx.set_status()`` call the pass
+            reached, to store on the instance; ``None`` when the workflow never called it
+            in the pass: the runtime then keeps the stored value. (``ctx.set_status(None)``
+            is encoded, e.g. ``"null"``, so it is not ``None`` here.) Never set on STUCK.
     """
 
     status: Status
@@ -46,3 +50,9 @@ class Decision:
     failure: Failure | None = None
     fired: list[Event] = field(default_factory=list)
     wake_at: datetime | None = None
+    custom_status: str | None = None
+
+    @property
+    def sets_custom_status(self) -> bool:
+        """True if the pass called ``ctx.set_status()``: store :attr:`custom_status`."""
+        return self.custom_status is not None

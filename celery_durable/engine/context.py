@@ -1,10 +1,11 @@
 """The workflow context: what workflow code awaits, and its deterministic helpers.
 
-Every ``ctx`` command (``ctx.step``, ``ctx.run``, ``ctx.sleep``) is an awaitable whose ``__await__``
-yields the command itself to the replay driver (:mod:`celery_durable.engine.replay`),
-which gives it the next ``seq``, matches it against the journal and sends back its
-outcome. Workflow code therefore never touches an event loop: it is an ordinary coroutine
-driven with ``send()`` and ``throw()``.
+Every ``ctx`` command (``ctx.step``, ``ctx.run``, ``ctx.sleep``, and their combinations
+``ctx.gather``, ``ctx.first``) is an awaitable (:mod:`celery_durable.engine.awaitables`)
+whose ``__await__`` yields it to the replay driver (:mod:`celery_durable.engine.replay`),
+which gives it its ``seq``, matches it against the journal and sends back its outcome.
+Workflow code therefore never touches an event loop: it is an ordinary coroutine driven
+with ``send()`` and ``throw()``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,23 @@ import inspect
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from celery_durable.engine.commands import ScheduleStep
-from celery_durable.engine.journal import Event, Failure, Instance, Kind, State
+from celery_durable.engine.awaitables import (
+    _Cursor,
+    _encode_call,
+    _encode_fire_time,
+    _First,
+    _function_name,
+    _Gather,
+    _RunCommand,
+    _StepCommand,
+    _TimerCommand,
+)
+from celery_durable.engine.journal import Instance
+from celery_durable.engine.saga import Saga
 from celery_durable.engine.serialization import Codec
 from celery_durable.errors import SerializationError
 
@@ -31,208 +42,6 @@ if TYPE_CHECKING:
     _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
 else:  # LoggerAdapter is subscriptable at runtime only from Python 3.11
     _LoggerAdapter = logging.LoggerAdapter
-
-
-@dataclass
-class _Cursor:
-    """Where one replay pass stands in the journal; shared by the context and the driver."""
-
-    journal: Sequence[Event]
-    now: datetime
-    seq: int = 0
-    discarding: bool = False
-    """The driver is closing the suspended coroutine; its ``finally`` blocks now run."""
-
-    @property
-    def in_journal(self) -> bool:
-        return self.seq < len(self.journal)
-
-
-class _Command:
-    """A durable operation that workflow code awaits.
-
-    Subclasses say what the command is (``kind``, ``name``, encoded ``input``), what it
-    journals when issued for the first time (:meth:`new_event`) and what the runtime must
-    send once that event is committed (:meth:`dispatch`).
-    """
-
-    kind: ClassVar[Kind]
-    verb: ClassVar[str]
-
-    def __init__(self, owner: WorkflowContext, name: str, input: str) -> None:  # noqa: A002
-        self.owner = owner
-        self.name = name
-        self.input = input
-        self._awaited = False
-
-    def __await__(self) -> Generator[_Command, Any, Any]:
-        if self._awaited:
-            # A second await would silently issue a second command with the same payload.
-            raise RuntimeError(
-                f"{self.describe()} was already awaited; call ctx.{self.verb}(...) again "
-                "to issue another command"
-            )
-        self._awaited = True
-        return (yield self)
-
-    def describe(self) -> str:
-        """How messages name this command, e.g. ``step 'bank.start_transfer'``."""
-        return f"{self.kind.value} {self.name!r}"
-
-    def new_event(self, seq: int, now: datetime) -> Event:
-        """The journal record of this command, issued for the first time at ``seq``."""
-        raise NotImplementedError
-
-    def dispatch(self, seq: int) -> ScheduleStep | None:
-        """The message to send once :meth:`new_event` is committed, if the command needs one."""
-        return None
-
-
-class _StepCommand(_Command):
-    kind = Kind.STEP
-    verb = "step"
-
-    def __init__(
-        self,
-        owner: WorkflowContext,
-        name: str,
-        input: str,  # noqa: A002
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        super().__init__(owner, name, input)
-        self.args = args
-        self.kwargs = kwargs
-
-    def new_event(self, seq: int, now: datetime) -> Event:
-        return Event(seq, self.kind, self.name, self.input, State.SCHEDULED, scheduled_at=now)
-
-    def dispatch(self, seq: int) -> ScheduleStep | None:
-        return ScheduleStep(seq, self.name, self.args, self.kwargs)
-
-
-class _RunCommand(_Command):
-    kind = Kind.RUN
-    verb = "run"
-
-    def __init__(
-        self,
-        owner: WorkflowContext,
-        name: str,
-        input: str,  # noqa: A002
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        codec: Codec,
-    ) -> None:
-        super().__init__(owner, name, input)
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.codec = codec
-
-    def new_event(self, seq: int, now: datetime) -> Event:
-        # Failed until proven otherwise: every early return below records a failure.
-        event = Event(
-            seq, self.kind, self.name, self.input, State.FAILED, now, completed_at=now, attempts=1
-        )
-        try:
-            result = self.fn(*self.args, **self.kwargs)
-        except Exception as exc:
-            event.failure = Failure.from_exception(exc)
-            return event
-        if inspect.isawaitable(result):
-            if isinstance(result, Coroutine):
-                result.close()  # never awaited: close it so Python does not warn about it
-            event.failure = Failure(
-                "TypeError",
-                f"ctx.run({self.name}) returned an awaitable; ctx.run runs plain functions "
-                "inline: make it a @durable.step to run async code",
-            )
-            return event
-        try:
-            event.output = self.codec.dumps(result)
-        except Exception as exc:
-            event.failure = Failure(
-                "SerializationError",
-                f"ctx.run({self.name}) returned a value of type {type(result).__name__!r} that the "
-                f"{self.codec.name!r} serializer cannot encode: {exc}",
-            )
-            return event
-        event.state = State.COMPLETED
-        return event
-
-
-class _TimerCommand(_Command):
-    """A durable timer; its input is the encoded ``[[fire_at], {}]``."""
-
-    kind = Kind.TIMER
-    verb = "sleep"
-
-    def __init__(self, owner: WorkflowContext, input: str, fire_at: datetime) -> None:  # noqa: A002
-        super().__init__(owner, "sleep", input)
-        self.fire_at = fire_at
-
-    def new_event(self, seq: int, now: datetime) -> Event:
-        event = Event(seq, self.kind, self.name, self.input, State.SCHEDULED, scheduled_at=now)
-        if self.fire_at <= now:  # a zero delay or a time already past: it fires at once
-            event.state = State.COMPLETED
-            event.completed_at = now
-        return event
-
-
-def _encode_fire_time(codec: Codec, fire_at: datetime) -> str:
-    """The timer input ``[[fire_at], {}]``; the fire time as ISO text if the codec has no dates."""
-    try:
-        return codec.dumps([[fire_at], {}])
-    except Exception:
-        pass
-    try:
-        return codec.dumps([[fire_at.isoformat()], {}])
-    except Exception as exc:
-        raise SerializationError(
-            f"cannot encode a timer's fire time with the {codec.name!r} serializer: {exc}"
-        ) from exc
-
-
-def decode_fire_time(codec: Codec, data: str | None) -> datetime:
-    """The fire time (UTC) a timer event's input holds.
-
-    Raises:
-        ValueError: the input is not an encoded ``[[fire_at], {}]``.
-    """
-    if data is None:
-        raise ValueError("the timer event has no input")
-    decoded = codec.loads(data)
-    try:
-        [[fire_at], _kwargs] = decoded
-    except (TypeError, ValueError):
-        raise ValueError(f"{decoded!r} is not a [[fire_at], {{}}] pair") from None
-    if isinstance(fire_at, str):
-        fire_at = datetime.fromisoformat(fire_at)
-    if not isinstance(fire_at, datetime):
-        raise ValueError(f"the fire time {fire_at!r} is not a datetime")
-    if fire_at.tzinfo is None:  # a codec that drops the zone: fire times are kept in UTC
-        return fire_at.replace(tzinfo=timezone.utc)
-    return fire_at.astimezone(timezone.utc)
-
-
-def _encode_call(codec: Codec, what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    try:
-        return codec.dumps([list(args), kwargs])
-    except Exception as exc:
-        # Codecs may fail with ValueError (e.g. circular data); the workflow sees one type.
-        raise SerializationError(
-            f"cannot encode the arguments of {what} with the {codec.name!r} serializer: {exc}"
-        ) from exc
-
-
-def _function_name(fn: Callable[..., Any]) -> str:
-    for attribute in ("__qualname__", "__name__"):
-        name = getattr(fn, attribute, None)
-        if isinstance(name, str):
-            return name
-    return type(fn).__name__  # e.g. functools.partial
 
 
 class _ReplayQuietLogger(_LoggerAdapter):
@@ -465,3 +274,121 @@ class WorkflowContext:
             )
         encoded = _encode_call(self._codec, f"ctx.run({name})", args, kwargs)
         return _RunCommand(self, name, encoded, fn, tuple(args), dict(kwargs), self._codec)
+
+    def gather(self, *awaitables: Awaitable[Any]) -> Awaitable[list[Any]]:
+        """Wait for several commands at once (fan-out / fan-in) and return all their results.
+
+        Each command takes its own place in the journal, in argument order, and all the
+        new ones are issued together: the steps among them are sent in the same pass and
+        run in parallel; a ``ctx.run`` runs inline as it is issued; timers count down
+        together (the workflow wakes at the earliest one still pending).
+
+        The gather waits until every command is final, even after one has failed, so that
+        every success and every failure is journaled before the workflow goes on.
+
+        Args:
+            *awaitables: commands of this ``ctx`` not awaited yet (``ctx.step(...)``,
+                ``ctx.sleep(...)``, ``ctx.run(...)``, ...). None may be passed twice.
+
+        Returns:
+            An awaitable giving the list of results, in argument order (``None`` for a
+            timer). With no arguments it gives ``[]`` and journals nothing.
+
+        Raises:
+            StepFailed: (when awaited, once every command is final) the error of the
+                first failed command in argument order; the other failures are in the
+                journal (``handle.history()``).
+            TypeError: an argument is not a command of this ``ctx``: e.g. the coroutine
+                of a helper ``async def`` (combining those is not supported yet: await
+                it on its own), an asyncio future, or a ``ctx.gather``/``ctx.first``
+                (they do not nest).
+            RuntimeError: a command was already awaited or combined, or is passed twice.
+        """
+        return _Gather(self, awaitables)
+
+    def first(self, *awaitables: Awaitable[Any]) -> Awaitable[tuple[int, Any]]:
+        """Race several commands; return the index and result of the first one to finish.
+
+        For races such as a signal or a timeout. The commands are issued as with
+        :meth:`gather`. The race is decided in the first pass in which any of them is
+        final: among those final in that pass, the one that finished earliest wins, a
+        timer counting as finished at its fire time and any other command at the time
+        its outcome was journaled (``completed_at``); a tie goes to the lower index. The
+        winner is then journaled (a ``run`` event named ``ctx.first`` right after the
+        commands, holding the index), so every replay returns the same winner whatever
+        outcomes arrive later, and whatever the clocks of the workers that journal them.
+
+        The losers are left as they are: a losing step still runs and its outcome is
+        journaled when it comes, but nothing waits for it; a losing timer no longer
+        wakes the workflow.
+
+        Args:
+            *awaitables: at least one command of this ``ctx`` not awaited yet; as for
+                :meth:`gather`.
+
+        Returns:
+            An awaitable giving ``(index, result)``: the winner's position among the
+            arguments and its result (``None`` for a timer).
+
+        Raises:
+            StepFailed: (when awaited) the winner failed.
+            ValueError: no command given.
+            TypeError: an argument is not a command of this ``ctx`` (see :meth:`gather`).
+            RuntimeError: a command was already awaited or combined, or is passed twice.
+        """
+        if not awaitables:
+            raise ValueError("ctx.first() needs at least one command to race")
+        return _First(self, awaitables)
+
+    def saga(self) -> Saga:
+        """Collect compensations as the workflow goes; run them in reverse if it fails.
+
+        Use it as ``async with ctx.saga() as saga:`` and, after each step that must be
+        undone if a later one fails, register its undo with ``saga.compensate(step,
+        *args)`` (same arguments as :meth:`step`). Registering journals nothing.
+
+        If the block exits with an exception (a ``StepFailed``, any other exception, or
+        a cancellation), the registered compensations run as durable steps, one after
+        the other, last registered first; then the block's exception propagates
+        unchanged. A compensation that fails is journaled like any step and the others
+        still run; the failures are then attached to the propagating exception as
+        ``compensation_failures`` (a list of ``StepFailed``, in the order they ran) and
+        summed up in a note (``__notes__``), which shows in tracebacks and in the failed
+        instance's error details. If the block ends normally, nothing runs.
+
+        Example::
+
+            async with ctx.saga() as saga:
+                src_tran = await ctx.step(start_transfer, src, -amount)
+                saga.compensate(rollback_transfer, src, src_tran)
+                dst_tran = await ctx.step(start_transfer, dst, +amount)
+                saga.compensate(rollback_transfer, dst, dst_tran)
+
+        Returns:
+            A :class:`~celery_durable.engine.saga.Saga`, an async context manager for
+            one ``async with`` block.
+        """
+        return Saga(self)
+
+    def set_status(self, status: Any, /) -> None:
+        """Publish a custom status for observers (``handle.status()``); not a command.
+
+        The value kept is the last one set in the orchestrator pass; it is committed with
+        the pass, so observers see it once the workflow waits or ends. It is not
+        journaled as an event and may be set as often as needed. A workflow that never
+        calls it keeps whatever status it had (``None`` at first).
+
+        Args:
+            status: any value the instance's serializer can encode (``None`` clears it).
+
+        Raises:
+            SerializationError: the value cannot be encoded; the status is unchanged.
+        """
+        try:
+            encoded = self._codec.dumps(status)
+        except Exception as exc:
+            raise SerializationError(
+                f"ctx.set_status() got a value of type {type(status).__name__!r} that the "
+                f"{self._codec.name!r} serializer cannot encode: {exc}"
+            ) from exc
+        self._cursor.custom_status = encoded

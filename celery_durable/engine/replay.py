@@ -6,8 +6,10 @@ takes the next ``seq``; if the journal holds an event there, the command must ma
 journaled (a local ``ctx.run`` is executed on the spot) and, once the workflow waits on
 something not done yet, the pass stops. A pending timer whose fire time has come fires in
 the pass (its completion goes to :attr:`Decision.fired`); one still in the future stops
-the pass with :attr:`Decision.wake_at`. Nothing here performs I/O: the runtime commits
-the decision and sends its messages.
+the pass with :attr:`Decision.wake_at`. ``ctx.gather`` and ``ctx.first`` give each of
+their commands the next seq in argument order and wait on all of them; a race journals
+its winner as one more event (see :meth:`WorkflowContext.first`). Nothing here performs
+I/O: the runtime commits the decision and sends its messages.
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from celery_durable.engine.awaitables import (
+    _Awaitable,
+    _Command,
+    _Cursor,
+    _First,
+    _Gather,
+    decode_fire_time,
+)
 from celery_durable.engine.commands import Decision, ScheduleStep
-from celery_durable.engine.context import WorkflowContext, _Command, _Cursor, decode_fire_time
+from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.engine.serialization import Codec
 from celery_durable.errors import NonDeterminismError, StepFailed
@@ -83,6 +93,16 @@ def _describe(event: Event) -> str:
     return f"{kind} {event.name!r}"
 
 
+def _with_notes(failure: Failure, exc: BaseException) -> Failure:
+    """``failure`` with the exception's notes (e.g. failed compensations) in its details."""
+    details = failure.details or ""
+    notes = getattr(exc, "__notes__", None) or []
+    missing = [note for note in notes if isinstance(note, str) and note not in details]
+    if not missing:
+        return failure
+    return dataclasses.replace(failure, details="\n\n".join([*filter(None, [details]), *missing]))
+
+
 class _Stuck(Exception):
     """The pass cannot go on until the code (or the configuration) is fixed."""
 
@@ -97,6 +117,17 @@ class _Outcome:
 
     value: Any = None
     error: BaseException | None = None
+
+
+@dataclass
+class _Part:
+    """One command's journal event as this pass sees it."""
+
+    event: Event
+    outcome: _Outcome | None = None
+    """Its outcome once final (or fired in this pass); ``None`` while pending."""
+    fire_at: datetime | None = None
+    """A timer's fire time, if the pass decoded it."""
 
 
 class _Pass:
@@ -167,9 +198,9 @@ class _Pass:
                 return self._decision(Status.RUNNING)
             outcome = resumed
 
-    def _command(self, yielded: Any) -> _Command:
+    def _command(self, yielded: Any) -> _Awaitable:
         """The ctx command the coroutine yielded; anything else means it cannot be replayed."""
-        if not isinstance(yielded, _Command):
+        if not isinstance(yielded, _Awaitable):
             raise _Stuck(
                 Failure(
                     "InvalidAwait",
@@ -189,12 +220,74 @@ class _Pass:
             )
         return yielded
 
-    def _resolve(self, command: _Command) -> _Outcome | None:
-        """Give ``command`` the next seq; its outcome, or ``None`` if the workflow must wait.
+    def _resolve(self, awaited: _Awaitable) -> _Outcome | None:
+        """What the awaited command gives the workflow, or ``None`` if the workflow must wait."""
+        if isinstance(awaited, _Gather):
+            return self._gather(awaited)
+        if isinstance(awaited, _First):
+            return self._first(awaited)
+        if not isinstance(awaited, _Command):
+            raise TypeError(f"the engine cannot resolve {awaited.describe()}")
+        part = self._settle(self._issue(awaited))
+        if part.outcome is None:
+            self._wait_on([part])
+        return part.outcome
 
-        A command made of several (such as a gather) would resolve each part here and
-        wait if any part has no outcome yet.
-        """
+    def _gather(self, gather: _Gather) -> _Outcome | None:
+        """All results in argument order once every part is final, or the first failure."""
+        parts = [self._settle(self._issue(command)) for command in gather.parts]
+        outcomes = [part.outcome for part in parts if part.outcome is not None]
+        if len(outcomes) < len(parts):
+            self._wait_on(parts)
+            return None
+        for outcome in outcomes:
+            if outcome.error is not None:
+                return outcome
+        return _Outcome([outcome.value for outcome in outcomes])
+
+    def _first(self, race: _First) -> _Outcome | None:
+        """``(index, result)`` of the race's winner: journaled when decided, then replayed."""
+        events = [self._issue(command) for command in race.parts]
+        seqs = [event.seq for event in events]
+        if self.cursor.in_journal:  # decided by an earlier pass, which journaled the winner
+            index = self._recorded_winner(self._issue(race.record(self.codec, seqs, None)), seqs)
+            outcome = self._settle(events[index]).outcome
+            if outcome is None:
+                raise _Stuck(
+                    Failure(
+                        "InvalidJournal",
+                        f"the journal of {self.label} names seq {seqs[index]} the winner of "
+                        "a ctx.first() race, but its outcome is not journaled",
+                    )
+                )
+        else:
+            parts = [self._settle(event) for event in events]
+            finished = [
+                (self._finished_at(part), index, part.outcome)
+                for index, part in enumerate(parts)
+                if part.outcome is not None
+            ]
+            if not finished:
+                self._wait_on(parts)
+                return None
+            _, index, outcome = min(finished, key=lambda entry: entry[:2])
+            self._issue(race.record(self.codec, seqs, index))
+        return outcome if outcome.error is not None else _Outcome((index, outcome.value))
+
+    def _recorded_winner(self, record: Event, seqs: list[int]) -> int:
+        winner = None
+        if record.state == State.COMPLETED and record.output is not None:
+            winner = self._decode(record.output, f"the race record at seq {record.seq}")
+        if isinstance(winner, int) and not isinstance(winner, bool) and 0 <= winner < len(seqs):
+            return winner
+        raise NonDeterminismError(
+            f"{self.label} does not replay its journal: the ctx.first() race record at seq "
+            f"{record.seq} names the winner {winner!r} but the code races {len(seqs)} "
+            f"command(s) (seq {seqs[0]} to {seqs[-1]}). {_FIX}"
+        )
+
+    def _issue(self, command: _Command) -> Event:
+        """Give ``command`` the next seq: its journal event, or a new one (journaled now)."""
         seq = self.cursor.seq
         if self.cursor.in_journal:
             event = self.journal[seq]
@@ -211,21 +304,43 @@ class _Pass:
             if message is not None:
                 self.steps.append(message)
         self.cursor.seq += 1
-        if not event.state.is_final:
-            return self._pending(event)
+        return event
+
+    def _settle(self, event: Event) -> _Part:
+        """Where ``event`` stands in this pass; a timer whose time has come fires now."""
+        if event.state.is_final:
+            return _Part(event, self._outcome_of(event))
+        if event.kind != Kind.TIMER:
+            return _Part(event)
+        fire_at = self._fire_time(event)  # the journaled fire time governs, not today's code
+        if fire_at > self.now:  # never early: a pass that comes too soon waits again
+            return _Part(event, fire_at=fire_at)
+        self.fired.append(
+            dataclasses.replace(event, state=State.COMPLETED, completed_at=self.now, output=None)
+        )
+        return _Part(event, _Outcome(), fire_at)
+
+    def _wait_on(self, parts: list[_Part]) -> None:
+        """The workflow waits: the pending timers among ``parts`` set the wake-up time."""
+        self.timers.extend(p.fire_at for p in parts if p.outcome is None and p.fire_at is not None)
+
+    def _finished_at(self, part: _Part) -> datetime:
+        """When a final part finished, for a race: a timer at its fire time."""
+        if part.event.kind == Kind.TIMER:
+            return part.fire_at or self._fire_time(part.event)
+        return part.event.completed_at or part.event.scheduled_at
+
+    def _outcome_of(self, event: Event) -> _Outcome:
         if event.state == State.FAILED:
             failure = event.failure or Failure("UnknownError", "the journal holds no details")
             return _Outcome(error=StepFailed(failure.type, failure.message, failure.details))
         if event.output is None:
             return _Outcome()
-        return _Outcome(self._decode(event.output, f"the result of seq {seq}"))
+        return _Outcome(self._decode(event.output, f"the result of seq {event.seq}"))
 
-    def _pending(self, event: Event) -> _Outcome | None:
-        """A timer whose time has come fires now (outcome ``None``); anything else waits."""
-        if event.kind != Kind.TIMER:
-            return None
-        try:  # the journaled fire time governs, whatever the code computes today
-            fire_at = decode_fire_time(self.codec, event.input)
+    def _fire_time(self, event: Event) -> datetime:
+        try:
+            return decode_fire_time(self.codec, event.input)
         except Exception as exc:
             raise _Stuck(
                 Failure(
@@ -234,13 +349,6 @@ class _Pass:
                     f"{self.label} with the {self.codec.name!r} serializer: {exc}",
                 )
             ) from exc
-        if fire_at > self.now:  # never early: a pass that comes too soon waits again
-            self.timers.append(fire_at)
-            return None
-        self.fired.append(
-            dataclasses.replace(event, state=State.COMPLETED, completed_at=self.now, output=None)
-        )
-        return _Outcome()
 
     def _completed(self, result: Any) -> Decision:
         self._check_consumed(f"returned after {self.cursor.seq} commands")
@@ -263,7 +371,7 @@ class _Pass:
             failure = Failure(exc.type, exc.message, exc.details)
         else:
             failure = Failure.from_exception(exc)
-        return self._decision(Status.FAILED, failure=failure)
+        return self._decision(Status.FAILED, failure=_with_notes(failure, exc))
 
     def _decision(
         self, status: Status, *, output: str | None = None, failure: Failure | None = None
@@ -278,6 +386,7 @@ class _Pass:
             failure=failure,
             fired=self.fired,
             wake_at=min(self.timers) if waiting else None,
+            custom_status=self.cursor.custom_status,
         )
 
     def _check_consumed(self, ended: str) -> None:

@@ -168,6 +168,9 @@ def advance(
             and not wake.resend
             and decision.status is instance.status
             and wake.at == instance.wake_at
+            and (
+                not decision.sets_custom_status or decision.custom_status == instance.custom_status
+            )
         ):
             return  # already up to date: e.g. a duplicate message after the first copy won
         committed = store.commit(
@@ -181,7 +184,11 @@ def advance(
                 new_events=decision.new_events,
                 outcomes=outcomes,
                 wake_at=wake.at,
-                custom_status=instance.custom_status,
+                custom_status=(
+                    decision.custom_status
+                    if decision.sets_custom_status
+                    else instance.custom_status
+                ),
                 resent=[event.seq for event in wake.resend],
             )
         )

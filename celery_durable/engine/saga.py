@@ -1,0 +1,90 @@
+"""``ctx.saga()``: compensations collected as a workflow goes, run in reverse on failure."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+from celery_durable.errors import StepFailed
+
+if TYPE_CHECKING:
+    from celery_durable.engine.awaitables import _Command
+    from celery_durable.engine.context import WorkflowContext
+
+_NOT_COMPENSATED = (GeneratorExit, KeyboardInterrupt, SystemExit)
+"""Exceptions that are not the workflow's failure: the engine closing a suspended
+workflow (``GeneratorExit``), or the process going down."""
+
+
+class Saga:
+    """Compensating steps registered as a workflow goes; see :meth:`WorkflowContext.saga`.
+
+    Plain workflow state: registering journals nothing, and each replay rebuilds the same
+    list as the workflow re-runs. Only the compensations that run are journaled, as steps.
+    """
+
+    def __init__(self, ctx: WorkflowContext) -> None:
+        self._ctx = ctx
+        self._compensations: list[_Command] = []
+        self._entered = False
+
+    def compensate(self, task: Any, /, *args: Any, **kwargs: Any) -> None:
+        """Register a step that undoes what the block did so far.
+
+        Takes what :meth:`WorkflowContext.step` takes. Nothing runs and nothing is journaled
+        now: if the ``async with`` block later exits with an exception, the registered
+        steps run then, last registered first.
+
+        Args:
+            task: the compensating step task, or its registered name.
+            *args: positional arguments for the task; they are encoded now.
+            **kwargs: keyword arguments for the task; they are encoded now.
+
+        Raises:
+            SerializationError: the arguments cannot be encoded.
+            TypeError: ``task`` is not a step task or a task name.
+        """
+        # Built (and so checked) now; awaited, and so given its seq, only if it runs.
+        self._compensations.append(cast("_Command", self._ctx.step(task, *args, **kwargs)))
+
+    async def __aenter__(self) -> Saga:
+        if self._entered:
+            raise RuntimeError("a ctx.saga() is used for one `async with` block; make a new one")
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, _NOT_COMPENSATED):
+            return
+        failures: list[tuple[str, StepFailed]] = []
+        for command in reversed(self._compensations):
+            try:
+                await command
+            except StepFailed as failure:  # journaled like any step; the others still run
+                failures.append((command.name, failure))
+        if failures:
+            _attach(exc, failures)
+        # returning None lets ``exc`` propagate: the block's own exception, unchanged
+
+
+def _attach(exc: BaseException, failures: list[tuple[str, StepFailed]]) -> None:
+    """Record the failed compensations on the exception the saga lets through.
+
+    ``exc.compensation_failures`` lists the StepFailed errors (in the order the
+    compensations ran; an outer saga appends its own); a note names each failed step, so
+    that tracebacks and the instance's failure details show them.
+    """
+    previous: list[StepFailed] = getattr(exc, "compensation_failures", None) or []
+    exc.compensation_failures = [*previous, *(f for _, f in failures)]  # type: ignore[attr-defined]
+    lines = [f"{len(failures)} compensation step(s) failed while the saga rolled back:"]
+    lines += [f"  - step {name!r}: {failure}" for name, failure in failures]
+    note = "\n".join(lines)
+    if hasattr(exc, "add_note"):  # Python >= 3.11
+        exc.add_note(note)
+    else:  # Python 3.10 has no add_note; the engine still reads __notes__
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
