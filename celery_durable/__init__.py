@@ -20,7 +20,7 @@ exactly where it left off after any crash::
     pay.delay("alice", 10).result(timeout=30)
 """
 
-from celery_durable.client import HistoryEvent, WorkflowHandle
+from celery_durable.client import HistoryEvent, WorkflowHandle, WorkflowStatus
 from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Failure, Status
 from celery_durable.errors import (
@@ -29,6 +29,7 @@ from celery_durable.errors import (
     NonDeterminismError,
     SchemaVersionError,
     SerializationError,
+    SignalTimeout,
     StepFailed,
     StoreError,
     UnknownWorkflow,
@@ -47,6 +48,7 @@ __all__ = [
     "NonDeterminismError",
     "SchemaVersionError",
     "SerializationError",
+    "SignalTimeout",
     "Status",
     "StepFailed",
     "StepInfo",
@@ -57,6 +59,7 @@ __all__ = [
     "WorkflowFailed",
     "WorkflowHandle",
     "WorkflowNotFound",
+    "WorkflowStatus",
     "WorkflowStuck",
     "current_step",
 ]

@@ -91,6 +91,41 @@ class HistoryEvent:
     heartbeat_at: datetime | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class WorkflowStatus:
+    """What ``handle.status()`` tells: the instance's state and what the workflow shows.
+
+    It compares equal to its :class:`Status` (or that status's name), so
+    ``handle.status() == "completed"`` reads as it should.
+
+    Attributes:
+        state: pending, running, completed, failed or stuck.
+        custom: the last value the workflow gave ``ctx.set_status`` (decoded), or None.
+        error: the failure of a failed or stuck instance.
+        wake_at: when the instance is due to be looked at next (a timer, a deadline).
+        updated_at: its last commit.
+    """
+
+    state: Status
+    custom: Any = None
+    error: Failure | None = None
+    wake_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, WorkflowStatus):
+            return (self.state, self.custom, self.error) == (other.state, other.custom, other.error)
+        if isinstance(other, str):  # Status is a str enum too
+            return self.state.value == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.state)
+
+    def __str__(self) -> str:
+        return self.state.value
+
+
 class WorkflowHandle(Generic[R]):
     """A reference to one workflow instance, by id; cheap to create, safe to keep.
 
@@ -112,9 +147,26 @@ class WorkflowHandle(Generic[R]):
             raise WorkflowNotFound(f"no workflow instance with id {self.id!r} in the store")
         return instance
 
-    def status(self) -> Status:
-        """The instance's status: pending, running, completed, failed or stuck."""
-        return self._instance().status
+    def status(self) -> WorkflowStatus:
+        """The instance's state and custom status (``ctx.set_status``).
+
+        Compares equal to a :class:`Status`: ``handle.status() == Status.COMPLETED``.
+        """
+        instance = self._instance()
+        custom = None
+        if instance.custom_status is not None:
+            custom = self._runtime.codec(instance.serializer).loads(instance.custom_status)
+        return WorkflowStatus(
+            state=instance.status,
+            custom=custom,
+            error=instance.failure,
+            wake_at=instance.wake_at,
+            updated_at=instance.updated_at,
+        )
+
+    def signal(self, name: str, payload: Any = None) -> None:
+        """Send the workflow the signal ``name``; see :func:`send_signal`."""
+        send_signal(self._runtime, self.id, name, payload)
 
     def result(self, timeout: float | None = None, interval: float = 0.25) -> R:
         """Wait for the workflow to finish and return its result.
@@ -264,6 +316,39 @@ def start(
         # A second start of a run whose first message may be lost (not a deferred one).
         runtime.send_resume(stored.id)
     return WorkflowHandle(runtime, stored.id)
+
+
+def send_signal(runtime: Runtime, workflow_id: str, name: str, payload: Any = None) -> None:
+    """Send a signal to a workflow: kept in its inbox until a ``ctx.wait_signal(name)``
+    takes it (signals of one name in arrival order, each exactly once), even one that
+    arrives before the workflow waits for it.
+
+    Raises:
+        WorkflowNotFound: no such instance.
+        DurableError: the workflow has finished (completed or failed).
+        SerializationError: the payload cannot be encoded; nothing is stored.
+    """
+    instance = runtime.store.get(workflow_id)
+    if instance is None:
+        raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
+    try:
+        encoded = runtime.codec(instance.serializer).dumps(payload)
+    except SerializationError as exc:
+        raise SerializationError(
+            f"the payload of signal {name!r} for workflow {workflow_id} cannot be encoded: "
+            f"{exc}; nothing was sent"
+        ) from exc
+    now = runtime.now()
+    before = runtime.store.send_signal(workflow_id, name, encoded, now, now + runtime.redrive_after)
+    if before is None:
+        raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
+    if before.status.is_terminal:
+        raise DurableError(
+            f"workflow {workflow_id} is {before.status.value}: signal {name!r} was not "
+            "delivered (a finished workflow waits for nothing)"
+        )
+    if before.status is not Status.STUCK:
+        runtime.send_resume(workflow_id)
 
 
 def utcnow() -> datetime:

@@ -4,6 +4,7 @@ The tree::
 
     DurableError
     ├── StepFailed              a step (or a ctx.run function) failed for good
+    ├── SignalTimeout           ctx.wait_signal(..., timeout=) ran out of time
     ├── WorkflowFailed          handle.result() of a workflow that failed
     ├── WorkflowStuck           handle.result() of a workflow parked as ``stuck``
     ├── NonDeterminismError     replay met a different command than the journal holds
@@ -41,6 +42,14 @@ class StepFailed(_FailureError):
         type: the class name of the exception the step raised, e.g. ``"TransferFailed"``.
         message: ``str()`` of that exception.
         details: the formatted traceback, when one was recorded.
+    """
+
+
+class SignalTimeout(DurableError):
+    """``ctx.wait_signal(name, timeout=...)`` waited ``timeout`` and no signal came.
+
+    Raised inside the workflow at the ``await``; catch it to clean up (the seed's
+    registration saga deletes the unverified user).
     """
 
 

@@ -21,24 +21,30 @@ os.environ["CELERY_BROKER_URL"] = "memory://"
 os.environ["DURABLE_STORE"] = f"sqlite:///{WORKDIR}/journal.sqlite3"
 os.environ["BANK_DB"] = f"{WORKDIR}/bank.sqlite3"
 os.environ["MAILBOX"] = f"{WORKDIR}/mailbox.txt"
+os.environ["USERS_DB"] = f"{WORKDIR}/users.json"
 
 from celery.contrib.testing.worker import start_worker  # noqa: E402
 
 from celery_durable import HistoryEvent, WorkflowFailed, WorkflowHandle  # noqa: E402
 from celery_durable.testing import Clock  # noqa: E402
-from examples import bank, mailbox  # noqa: E402
+from examples import bank, mailbox, users  # noqa: E402
 from examples.app import app, durable  # noqa: E402
-from examples.money_transfer import money_transfer  # noqa: E402
+from examples.money_transfer import money_transfer, money_transfer_saga  # noqa: E402
 from examples.schedule import schedule  # noqa: E402
+from examples.user_registration import user_registration  # noqa: E402
 
 
 def show(handle: WorkflowHandle[object]) -> None:
     """Print an instance's journal."""
-    print(f"  journal of {handle.id} ({handle.status().value}):")
+    print(f"  journal of {handle.id} ({handle.status()}):")
     for event in handle.history():
         if event.kind.value == "timer":
             fired = f"fired {event.completed_at:%Y-%m-%d %H:%M:%S}" if event.completed_at else ""
             print(f"    #{event.seq} timer until {event.args[0]:%Y-%m-%d %H:%M:%S} -> {fired}")
+            continue
+        if event.kind.value == "signal":
+            got = event.error.type if event.error else f"received {event.result!r}"
+            print(f"    #{event.seq} signal {event.name!r} -> {got}")
             continue
         outcome = event.error.type if event.error else repr(event.result)
         name = event.name.rsplit(".", 1)[-1]
@@ -58,15 +64,53 @@ def wait_for_mail(to: str, count: int) -> bool:
     return True
 
 
-def wait_for_timer(handle: WorkflowHandle[object]) -> HistoryEvent | None:
-    """Wait until the workflow sleeps on a timer; return that timer's journal record."""
+def wait_for_timer(handle: WorkflowHandle[object], kind: str = "timer") -> HistoryEvent | None:
+    """Wait until the workflow waits on a timer (or a signal); return that journal record."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        last = handle.history()[-1]
-        if last.kind.value == "timer" and last.state.value == "scheduled":
-            return last
+        history = handle.history()
+        if history and history[-1].kind.value == kind and history[-1].completed_at is None:
+            return history[-1]
         time.sleep(0.05)
     return None
+
+
+def run_registration() -> bool:
+    """The seed's UserRegistrationSaga: one user verifies, one never does."""
+    print("\n== user registration: verified by a signal")
+    carol = user_registration.delay("carol@example.com", "Carol")
+    if not wait_for_mail("carol@example.com", 1) or not wait_for_timer(carol, "signal"):
+        return False
+    code = mailbox.received("carol@example.com")[0].split(":", 1)[1]
+    print(f"  status: {carol.status().custom}")
+    print("  a wrong code first, then the right one: carol.signal('verify', code)")
+    carol.signal("verify", "not-the-code")
+    carol.signal("verify", code)
+    print(f"  result: {carol.result(timeout=60)}")
+    show(carol)
+
+    print("\n== user registration: never verified, cleaned up after 3 days")
+    dave = user_registration.delay("dave@example.com", "Dave")
+    if not wait_for_timer(dave, "signal"):
+        return False
+    durable.clock.advance(days=3)  # type: ignore[attr-defined]
+    durable.recover()
+    print(f"  result: {dave.result(timeout=60)}")
+    user_id = dave.status().custom["user_id"]
+    print(f"  user {user_id} in the directory: {users.get(user_id)}")
+    return users.get(user_id) is None
+
+
+def run_saga() -> bool:
+    """The money transfer written with ctx.saga()."""
+    print("\n== money transfer with ctx.saga(), alice -> nobody 25 (rollback by the saga)")
+    handle = money_transfer_saga.delay("alice", "nobody", Decimal("25"))
+    try:
+        handle.result(timeout=60)
+    except WorkflowFailed as e:
+        print(f"  failed as expected: {e.type}: {e.message}")
+    show(handle)
+    return bank.balance("alice") == Decimal("400")
 
 
 def run_schedule() -> bool:
@@ -130,7 +174,8 @@ def main() -> int:
         if bank.balance("alice") != Decimal("400") or bank.balance("bob") != Decimal("100"):
             print("  ERROR: balances do not add up")
             return 1
-        if not run_schedule():
+        if not (run_saga() and run_schedule() and run_registration()):
+            print("  ERROR: a workflow did not reach the state it must")
             return 1
     print("\ndemo finished: every workflow reached the state it must")
     return 0

@@ -63,3 +63,20 @@ async def money_transfer(
         if dst_tran:
             await ctx.step(rollback_transfer, dst, dst_tran)
         raise
+
+
+@durable.workflow
+async def money_transfer_saga(
+    ctx: WorkflowContext, src: str, dst: str, amount: Decimal
+) -> dict[str, str]:
+    """The same transfer with ``ctx.saga()``: each booked leg registers its rollback, and
+    any failure runs the registered rollbacks in reverse order, then propagates."""
+    async with ctx.saga() as saga:
+        src_tran = await ctx.step(start_transfer, src, -amount)
+        saga.compensate(rollback_transfer, src, src_tran)
+        dst_tran = await ctx.step(start_transfer, dst, +amount)
+        saga.compensate(rollback_transfer, dst, dst_tran)
+        await ctx.step(complete_transfer, src, src_tran)
+        await ctx.step(complete_transfer, dst, dst_tran)
+        return {"from": src_tran, "to": dst_tran}
+    raise AssertionError("unreachable: a saga block re-raises")

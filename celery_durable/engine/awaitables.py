@@ -1,6 +1,7 @@
 """What workflow code awaits: the ``ctx`` commands and their combinations.
 
-A *command* (:class:`_Command`: a step, a local run, a timer) is one journal event. Its
+A *command* (:class:`_Command`: a step, a local run, a timer, a signal wait) is one
+journal event. Its
 ``__await__`` yields the command itself to the replay driver
 (:mod:`celery_durable.engine.replay`), which gives it the next ``seq``, matches it against
 the journal and sends back its outcome. A *combination* (:class:`_Gather`,
@@ -192,18 +193,38 @@ class _TimerCommand(_Command):
         return event
 
 
-def _encode_fire_time(codec: Codec, fire_at: datetime) -> str:
-    """The timer input ``[[fire_at], {}]``; the fire time as ISO text if the codec has no dates."""
+class _SignalCommand(_Command):
+    """A wait for the signal ``name``; its input is the encoded ``[[deadline or None], {}]``.
+
+    Issued pending: the replay driver resolves it against the inbox (or its deadline)
+    in the same pass, see :meth:`WorkflowContext.wait_signal`.
+    """
+
+    kind = Kind.SIGNAL
+    verb = "wait_signal"
+
+    def new_event(self, seq: int, now: datetime) -> Event:
+        return Event(seq, self.kind, self.name, self.input, State.SCHEDULED, scheduled_at=now)
+
+
+def _encode_fire_time(
+    codec: Codec, fire_at: datetime | None, what: str = "a timer's fire time"
+) -> str:
+    """The input ``[[fire_at], {}]`` of a timer (or ``[[deadline or None], {}]`` of a
+    signal wait); the time as ISO text if the codec has no dates."""
+    error: Exception
     try:
         return codec.dumps([[fire_at], {}])
-    except Exception:
-        pass
-    try:
-        return codec.dumps([[fire_at.isoformat()], {}])
     except Exception as exc:
-        raise SerializationError(
-            f"cannot encode a timer's fire time with the {codec.name!r} serializer: {exc}"
-        ) from exc
+        error = exc
+    if fire_at is not None:
+        try:
+            return codec.dumps([[fire_at.isoformat()], {}])
+        except Exception as exc:
+            error = exc
+    raise SerializationError(
+        f"cannot encode {what} with the {codec.name!r} serializer: {error}"
+    ) from error
 
 
 def decode_fire_time(codec: Codec, data: str | None) -> datetime:
@@ -212,20 +233,40 @@ def decode_fire_time(codec: Codec, data: str | None) -> datetime:
     Raises:
         ValueError: the input is not an encoded ``[[fire_at], {}]``.
     """
+    fire_at = _decode_time(codec, data, "timer", "fire time", "fire_at")
+    if fire_at is None:
+        raise ValueError("the fire time None is not a datetime")
+    return fire_at
+
+
+def decode_deadline(codec: Codec, data: str | None) -> datetime | None:
+    """The deadline (UTC) a signal wait's input holds; ``None`` if it waits forever.
+
+    Raises:
+        ValueError: the input is not an encoded ``[[deadline or None], {}]``.
+    """
+    return _decode_time(codec, data, "signal wait", "deadline", "deadline")
+
+
+def _decode_time(
+    codec: Codec, data: str | None, event: str, what: str, slot: str
+) -> datetime | None:
     if data is None:
-        raise ValueError("the timer event has no input")
+        raise ValueError(f"the {event} event has no input")
     decoded = codec.loads(data)
     try:
-        [[fire_at], _kwargs] = decoded
+        [[when], _kwargs] = decoded
     except (TypeError, ValueError):
-        raise ValueError(f"{decoded!r} is not a [[fire_at], {{}}] pair") from None
-    if isinstance(fire_at, str):
-        fire_at = datetime.fromisoformat(fire_at)
-    if not isinstance(fire_at, datetime):
-        raise ValueError(f"the fire time {fire_at!r} is not a datetime")
-    if fire_at.tzinfo is None:  # a codec that drops the zone: fire times are kept in UTC
-        return fire_at.replace(tzinfo=timezone.utc)
-    return fire_at.astimezone(timezone.utc)
+        raise ValueError(f"{decoded!r} is not a [[{slot}], {{}}] pair") from None
+    if when is None:
+        return None
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when)
+    if not isinstance(when, datetime):
+        raise ValueError(f"the {what} {when!r} is not a datetime")
+    if when.tzinfo is None:  # a codec that drops the zone: times are kept in UTC
+        return when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc)
 
 
 def _encode_call(codec: Codec, what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

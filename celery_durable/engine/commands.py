@@ -50,6 +50,9 @@ class Decision:
     failure: Failure | None = None
     fired: list[Event] = field(default_factory=list)
     wake_at: datetime | None = None
+    consumed: list[tuple[int, int]] = field(default_factory=list)
+    """Signals this pass consumed: ``(signal id, seq of the wait that took it)``; the
+    commit marks them consumed (exactly once) with the wait's outcome."""
     custom_status: str | None = None
 
     @property

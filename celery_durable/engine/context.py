@@ -1,6 +1,7 @@
 """The workflow context: what workflow code awaits, and its deterministic helpers.
 
-Every ``ctx`` command (``ctx.step``, ``ctx.run``, ``ctx.sleep``, and their combinations
+Every ``ctx`` command (``ctx.step``, ``ctx.run``, ``ctx.sleep``, ``ctx.wait_signal``, and
+their combinations
 ``ctx.gather``, ``ctx.first``) is an awaitable (:mod:`celery_durable.engine.awaitables`)
 whose ``__await__`` yields it to the replay driver (:mod:`celery_durable.engine.replay`),
 which gives it its ``seq``, matches it against the journal and sends back its outcome.
@@ -27,6 +28,7 @@ from celery_durable.engine.awaitables import (
     _function_name,
     _Gather,
     _RunCommand,
+    _SignalCommand,
     _StepCommand,
     _TimerCommand,
 )
@@ -206,6 +208,95 @@ class WorkflowContext:
     def _timer(self, fire_at: datetime) -> _TimerCommand:
         return _TimerCommand(self, _encode_fire_time(self._codec, fire_at), fire_at)
 
+    def wait_signal(self, name: str, /, timeout: timedelta | float | None = None) -> Awaitable[Any]:
+        """Wait durably for the signal ``name`` and return its payload.
+
+        Signals are sent from anywhere that can reach the store and the broker (a web
+        request, another workflow, a script) with ``durable.signal(workflow_id, name,
+        payload)`` or ``handle.signal(name, payload)``. They are kept in the instance's
+        inbox until a wait of that name takes them, so a signal sent before the workflow
+        gets to its wait is not lost: the wait takes it as soon as it is issued.
+
+        Each signal is received exactly once: by the first wait of its name that the
+        workflow issues (or already waits on) after it arrived. Signals of one name go
+        to the waits of that name in arrival order (the oldest to the earliest wait);
+        signals of other names stay in the inbox for their own waits. In a
+        :meth:`first` race, a wait that loses takes nothing, not even a signal that
+        comes later; such a signal stays for the next wait of its name.
+
+        The wait is journaled under the signal's name, with its deadline: waiting on
+        another signal at that point of the workflow is a change of its commands. While
+        it waits, no worker holds anything.
+
+        Args:
+            name: the signal's name, e.g. ``"verified"``.
+            timeout: how long to wait: a ``datetime.timedelta`` or a number of seconds,
+                more than zero; ``None`` (the default) waits forever. The deadline,
+                ``ctx.now() + timeout``, is computed and journaled when the wait is first
+                issued (later changes of ``timeout`` in the code do not move it). A signal
+                that is in the inbox when the pass after the deadline runs is still
+                received; otherwise the wait times out, never before its deadline.
+
+        Returns:
+            An awaitable giving the signal's payload, decoded by the instance's serializer
+            (``None`` when it was sent without one).
+
+        Raises:
+            SignalTimeout: (when awaited) the deadline passed with no signal; the timeout
+                is journaled, and a replay raises it again. Catch it to clean up.
+            TypeError: ``name`` is not a string, or ``timeout`` is neither ``None``, a
+                timedelta nor a number.
+            ValueError: ``name`` is empty, or ``timeout`` is not more than zero, not
+                finite, or too long to add to a date.
+
+        Example::
+
+            try:
+                payload = await ctx.wait_signal("verified", timeout=timedelta(days=3))
+            except SignalTimeout:
+                await ctx.step(delete_user, user_id)
+                raise
+
+        or, as a race: ``await ctx.first(ctx.wait_signal("verified"), ctx.sleep(days))``.
+        """
+        if not isinstance(name, str):
+            raise TypeError(
+                f"ctx.wait_signal() takes the signal's name as a str, got {type(name).__name__!r}"
+            )
+        if not name:
+            raise ValueError("ctx.wait_signal() needs a non-empty signal name")
+        deadline = None if timeout is None else self._deadline(timeout)
+        encoded = _encode_fire_time(self._codec, deadline, "a signal wait's deadline")
+        return _SignalCommand(self, name, encoded)
+
+    def _deadline(self, timeout: timedelta | float) -> datetime:
+        """``ctx.now() + timeout``, for a timeout a caller of ctx.wait_signal() gave."""
+        if isinstance(timeout, timedelta):
+            span = timeout
+        elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+            if not math.isfinite(timeout):
+                raise ValueError(
+                    f"ctx.wait_signal() needs a finite timeout (or None to wait forever), "
+                    f"got {timeout!r}"
+                )
+            try:
+                span = timedelta(seconds=timeout)
+            except OverflowError:
+                raise ValueError(
+                    f"ctx.wait_signal() timeout {timeout!r} seconds is too long"
+                ) from None
+        else:
+            raise TypeError(
+                "ctx.wait_signal() takes a timeout as a datetime.timedelta, a number of "
+                f"seconds or None, got {type(timeout).__name__!r}"
+            )
+        if span <= timedelta(0):
+            raise ValueError(f"ctx.wait_signal() needs a timeout > 0, got {timeout!r}")
+        try:
+            return self.now() + span
+        except OverflowError:
+            raise ValueError(f"ctx.wait_signal() timeout {timeout!r} is too long") from None
+
     def uuid4(self) -> uuid.UUID:
         """A random-looking UUID (version 4), the same on every replay.
 
@@ -280,24 +371,29 @@ class WorkflowContext:
 
         Each command takes its own place in the journal, in argument order, and all the
         new ones are issued together: the steps among them are sent in the same pass and
-        run in parallel; a ``ctx.run`` runs inline as it is issued; timers count down
-        together (the workflow wakes at the earliest one still pending).
+        run in parallel; a ``ctx.run`` runs inline as it is issued; timers (and the
+        deadlines of signal waits) count down together (the workflow wakes at the earliest
+        one still pending); signal waits each take their own signal.
 
         The gather waits until every command is final, even after one has failed, so that
         every success and every failure is journaled before the workflow goes on.
 
         Args:
             *awaitables: commands of this ``ctx`` not awaited yet (``ctx.step(...)``,
-                ``ctx.sleep(...)``, ``ctx.run(...)``, ...). None may be passed twice.
+                ``ctx.sleep(...)``, ``ctx.run(...)``, ``ctx.wait_signal(...)``, ...). None
+                may be passed twice.
 
         Returns:
             An awaitable giving the list of results, in argument order (``None`` for a
-            timer). With no arguments it gives ``[]`` and journals nothing.
+            timer, the payload for a signal). With no arguments it gives ``[]`` and
+            journals nothing.
 
         Raises:
             StepFailed: (when awaited, once every command is final) the error of the
                 first failed command in argument order; the other failures are in the
                 journal (``handle.history()``).
+            SignalTimeout: (likewise) that first failed command is a signal wait that
+                timed out.
             TypeError: an argument is not a command of this ``ctx``: e.g. the coroutine
                 of a helper ``async def`` (combining those is not supported yet: await
                 it on its own), an asyncio future, or a ``ctx.gather``/``ctx.first``
@@ -318,9 +414,13 @@ class WorkflowContext:
         commands, holding the index), so every replay returns the same winner whatever
         outcomes arrive later, and whatever the clocks of the workers that journal them.
 
+        A signal wait counts as finished when its signal arrived (not before the wait was
+        issued), or at its deadline if it timed out.
+
         The losers are left as they are: a losing step still runs and its outcome is
         journaled when it comes, but nothing waits for it; a losing timer no longer
-        wakes the workflow.
+        wakes the workflow; a losing signal wait takes no signal, neither one already in
+        the inbox nor one that comes later (those stay for the next wait of that name).
 
         Args:
             *awaitables: at least one command of this ``ctx`` not awaited yet; as for
@@ -328,10 +428,11 @@ class WorkflowContext:
 
         Returns:
             An awaitable giving ``(index, result)``: the winner's position among the
-            arguments and its result (``None`` for a timer).
+            arguments and its result (``None`` for a timer, the payload for a signal).
 
         Raises:
             StepFailed: (when awaited) the winner failed.
+            SignalTimeout: (when awaited) the winner is a signal wait that timed out.
             ValueError: no command given.
             TypeError: an argument is not a command of this ``ctx`` (see :meth:`gather`).
             RuntimeError: a command was already awaited or combined, or is passed twice.

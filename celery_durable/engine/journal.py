@@ -41,6 +41,9 @@ class Kind(str, Enum):
     """A local function run inline by the orchestrator (``ctx.run``)."""
     TIMER = "timer"
     """A durable timer (``ctx.sleep``, ``ctx.sleep_until``); its input holds the fire time."""
+    SIGNAL = "signal"
+    """A wait for an external signal (``ctx.wait_signal``); named after the signal, its
+    input holds the deadline (or None) and its output the payload received."""
 
 
 class State(str, Enum):
@@ -98,7 +101,9 @@ class Event:
         scheduled_at: when the orchestrator pass that created the command ran.
         started_at: when a worker last started the step (cleared when it is sent again).
         completed_at: when the outcome was journaled (for a timer: when it fired).
-        attempts: how many times a worker started the step.
+        attempts: how many runs of the step the journal saw: a run counts when it
+            reports in (its first heartbeat) or journals its outcome, and Celery's retries
+            count; a run killed before its first heartbeat leaves no trace.
         heartbeat_at: the step's last sign of life: when it was last sent, or when the
             worker running it last reported in. Recovery re-sends a step whose last sign
             of life is too old.
@@ -135,6 +140,7 @@ class Instance:
         wake_at: when the instance wants its orchestrator run next, if it waits on time.
         custom_status: an encoded value set by the workflow for observers.
         parent_id: the parent instance of a child workflow.
+        inbox: how many signals were sent to the instance and not consumed yet.
     """
 
     id: str
@@ -150,3 +156,22 @@ class Instance:
     wake_at: datetime | None = None
     custom_status: str | None = None
     parent_id: str | None = None
+    inbox: int = 0
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A signal sent to an instance: kept in its inbox until a ``ctx.wait_signal`` of that
+    name consumes it (oldest first, each exactly once).
+
+    Attributes:
+        id: increasing with arrival: the order signals of one name are consumed in.
+        name: the signal's name.
+        payload: the encoded payload (the instance's codec).
+        sent_at: when it arrived (UTC).
+    """
+
+    id: int
+    name: str
+    payload: str | None
+    sent_at: datetime

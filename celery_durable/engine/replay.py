@@ -6,7 +6,10 @@ takes the next ``seq``; if the journal holds an event there, the command must ma
 journaled (a local ``ctx.run`` is executed on the spot) and, once the workflow waits on
 something not done yet, the pass stops. A pending timer whose fire time has come fires in
 the pass (its completion goes to :attr:`Decision.fired`); one still in the future stops
-the pass with :attr:`Decision.wake_at`. ``ctx.gather`` and ``ctx.first`` give each of
+the pass with :attr:`Decision.wake_at`. A pending signal wait takes the oldest signal of
+its name in the inbox that no earlier wait took in the pass (:attr:`Decision.consumed`),
+or times out once its deadline has passed, or waits (its deadline, if any, counts as a
+timer's fire time). ``ctx.gather`` and ``ctx.first`` give each of
 their commands the next seq in argument order and wait on all of them; a race journals
 its winner as one more event (see :meth:`WorkflowContext.first`). Nothing here performs
 I/O: the runtime commits the decision and sends its messages.
@@ -28,13 +31,14 @@ from celery_durable.engine.awaitables import (
     _Cursor,
     _First,
     _Gather,
+    decode_deadline,
     decode_fire_time,
 )
 from celery_durable.engine.commands import Decision, ScheduleStep
 from celery_durable.engine.context import WorkflowContext
-from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.engine.serialization import Codec
-from celery_durable.errors import NonDeterminismError, StepFailed
+from celery_durable.errors import NonDeterminismError, SignalTimeout, StepFailed
 
 _FIX = (
     "Deploy code that replays this journal (or restore the previous code), then retry the instance."
@@ -63,6 +67,7 @@ def replay(
     codec: Codec,
     now: datetime,
     resolve_step: Callable[[Any], str] = task_name,
+    signals: Sequence[Signal] = (),
 ) -> Decision:
     """Run one orchestrator pass of ``workflow`` over its journal.
 
@@ -77,15 +82,20 @@ def replay(
         now: the time of this pass (UTC): the ``scheduled_at`` of new events; timers
             whose fire time is at or before it fire.
         resolve_step: turns the ``task`` given to ``ctx.step`` into the step's name.
+        signals: the instance's inbox: the signals sent to it and not consumed yet,
+            oldest first. The waits this pass resolves with them are listed in the
+            decision's ``consumed``; the others stay for later passes.
 
     Returns:
         RUNNING with the new events and the steps to send when the workflow waits (and
-        ``wake_at`` when it waits on a timer); COMPLETED with the encoded result; FAILED
-        with the workflow's exception; STUCK (and nothing new to commit) when the code
-        does not match its journal or awaits something other than a ``ctx`` command.
-        Every decision but STUCK carries the timers fired in the pass (``fired``).
+        ``wake_at`` when it waits on a timer or a signal's deadline); COMPLETED with the
+        encoded result; FAILED with the workflow's exception; STUCK (and nothing new to
+        commit) when the code does not match its journal or awaits something other than a
+        ``ctx`` command. Every decision but STUCK carries the timers fired and the
+        journaled signal waits resolved in the pass (``fired``), and the signals consumed
+        (``consumed``).
     """
-    return _Pass(workflow, instance, events, codec, now, resolve_step).run()
+    return _Pass(workflow, instance, events, codec, now, resolve_step, signals).run()
 
 
 def _describe(event: Event) -> str:
@@ -127,7 +137,12 @@ class _Part:
     outcome: _Outcome | None = None
     """Its outcome once final (or fired in this pass); ``None`` while pending."""
     fire_at: datetime | None = None
-    """A timer's fire time, if the pass decoded it."""
+    """A timer's fire time, or a signal wait's deadline, if the pass decoded it."""
+    resolved: Event | None = None
+    """A timer fired or a signal wait resolved in this pass: the outcome to journal once
+    the part is kept (``_Pass._keep``); a losing signal wait of a race is never kept."""
+    signal: Signal | None = None
+    """The inbox signal it takes, if resolved with one."""
 
 
 class _Pass:
@@ -139,6 +154,7 @@ class _Pass:
         codec: Codec,
         now: datetime,
         resolve_step: Callable[[Any], str],
+        signals: Sequence[Signal],
     ) -> None:
         self.workflow = workflow
         self.instance = instance
@@ -150,6 +166,10 @@ class _Pass:
         self.new_events: list[Event] = []
         self.steps: list[ScheduleStep] = []
         self.fired: list[Event] = []
+        self.inbox = signals
+        self.taken: set[int] = set()
+        """Ids of the inbox signals resolved waits took in this pass."""
+        self.consumed: list[tuple[int, int]] = []
         self.timers: list[datetime] = []
         """Fire times of the pending timers the workflow waits on (several in a gather)."""
         self.label = f"workflow {instance.workflow!r} (id {instance.id!r})"
@@ -228,14 +248,14 @@ class _Pass:
             return self._first(awaited)
         if not isinstance(awaited, _Command):
             raise TypeError(f"the engine cannot resolve {awaited.describe()}")
-        part = self._settle(self._issue(awaited))
+        part = self._keep(self._settle(self._issue(awaited)))
         if part.outcome is None:
             self._wait_on([part])
         return part.outcome
 
     def _gather(self, gather: _Gather) -> _Outcome | None:
         """All results in argument order once every part is final, or the first failure."""
-        parts = [self._settle(self._issue(command)) for command in gather.parts]
+        parts = [self._keep(self._settle(self._issue(command))) for command in gather.parts]
         outcomes = [part.outcome for part in parts if part.outcome is not None]
         if len(outcomes) < len(parts):
             self._wait_on(parts)
@@ -251,7 +271,9 @@ class _Pass:
         seqs = [event.seq for event in events]
         if self.cursor.in_journal:  # decided by an earlier pass, which journaled the winner
             index = self._recorded_winner(self._issue(race.record(self.codec, seqs, None)), seqs)
-            outcome = self._settle(events[index]).outcome
+            # The winner's outcome was journaled with the record; a signal wait that is
+            # still pending here must not take a signal (nothing would have journaled it).
+            outcome = self._keep(self._settle(events[index], resolve_signal=False)).outcome
             if outcome is None:
                 raise _Stuck(
                     Failure(
@@ -271,6 +293,11 @@ class _Pass:
                 self._wait_on(parts)
                 return None
             _, index, outcome = min(finished, key=lambda entry: entry[:2])
+            for position, part in enumerate(parts):
+                if position == index or part.event.kind != Kind.SIGNAL:
+                    self._keep(part)  # a timer that came due fires, winner or not
+                else:
+                    self._release(part)  # a losing wait takes nothing, now or later
             self._issue(race.record(self.codec, seqs, index))
         return outcome if outcome.error is not None else _Outcome((index, outcome.value))
 
@@ -306,37 +333,115 @@ class _Pass:
         self.cursor.seq += 1
         return event
 
-    def _settle(self, event: Event) -> _Part:
-        """Where ``event`` stands in this pass; a timer whose time has come fires now."""
+    def _settle(self, event: Event, *, resolve_signal: bool = True) -> _Part:
+        """Where ``event`` stands in this pass.
+
+        A timer whose time has come fires now; a pending signal wait takes a signal from
+        the inbox or times out (unless ``resolve_signal`` is false). Either outcome is
+        only journaled once the part is kept (:meth:`_keep`).
+        """
         if event.state.is_final:
             return _Part(event, self._outcome_of(event))
+        if event.kind == Kind.SIGNAL:
+            return self._settle_signal(event) if resolve_signal else _Part(event)
         if event.kind != Kind.TIMER:
             return _Part(event)
         fire_at = self._fire_time(event)  # the journaled fire time governs, not today's code
         if fire_at > self.now:  # never early: a pass that comes too soon waits again
             return _Part(event, fire_at=fire_at)
-        self.fired.append(
-            dataclasses.replace(event, state=State.COMPLETED, completed_at=self.now, output=None)
+        fired = dataclasses.replace(
+            event, state=State.COMPLETED, completed_at=self.now, output=None
         )
-        return _Part(event, _Outcome(), fire_at)
+        return _Part(event, _Outcome(), fire_at, resolved=fired)
+
+    def _settle_signal(self, event: Event) -> _Part:
+        """A pending wait: the oldest signal of its name not taken yet, or its timeout."""
+        deadline = self._deadline(event)
+        for signal in self.inbox:
+            if signal.name == event.name and signal.id not in self.taken:
+                self.taken.add(signal.id)
+                received = dataclasses.replace(
+                    event,
+                    state=State.COMPLETED,
+                    output=signal.payload,  # encoded by the sender with the instance's codec
+                    failure=None,
+                    completed_at=self.now,
+                )
+                outcome = self._outcome_of(received)
+                return _Part(event, outcome, deadline, resolved=received, signal=signal)
+        if deadline is None or deadline > self.now:  # never early, as timers
+            return _Part(event, fire_at=deadline)
+        timeout = deadline - event.scheduled_at
+        failure = Failure("SignalTimeout", f"no signal {event.name!r} within {timeout}")
+        timed_out = dataclasses.replace(
+            event, state=State.FAILED, output=None, failure=failure, completed_at=self.now
+        )
+        return _Part(event, self._outcome_of(timed_out), deadline, resolved=timed_out)
+
+    def _keep(self, part: _Part) -> _Part:
+        """Journal what the pass resolved for ``part`` (a timer fired, a signal wait).
+
+        An event of the journal goes to :attr:`Decision.fired`; one issued in this pass
+        is replaced, in the new events, by its outcome.
+        """
+        resolved = part.resolved
+        if resolved is None:
+            return part
+        part.resolved = None  # kept once
+        first_new = len(self.journal)
+        if resolved.seq < first_new:
+            self.fired.append(resolved)
+        else:
+            self.new_events[resolved.seq - first_new] = resolved
+        if part.signal is not None:
+            self.consumed.append((part.signal.id, resolved.seq))
+        return part
+
+    def _release(self, part: _Part) -> None:
+        """Drop what the pass resolved for ``part``: its signal goes back to the inbox."""
+        if part.signal is not None:
+            self.taken.discard(part.signal.id)
+        part.resolved = part.signal = None
 
     def _wait_on(self, parts: list[_Part]) -> None:
         """The workflow waits: the pending timers among ``parts`` set the wake-up time."""
         self.timers.extend(p.fire_at for p in parts if p.outcome is None and p.fire_at is not None)
 
     def _finished_at(self, part: _Part) -> datetime:
-        """When a final part finished, for a race: a timer at its fire time."""
+        """When a final part finished, for a race: a timer at its fire time.
+
+        A signal wait resolved in this pass finished when its signal arrived (or when the
+        wait was issued, for a signal that came earlier), or at its deadline if it timed out.
+        """
         if part.event.kind == Kind.TIMER:
             return part.fire_at or self._fire_time(part.event)
+        if part.signal is not None:
+            return max(part.signal.sent_at, part.event.scheduled_at)
+        if part.resolved is not None and part.fire_at is not None:
+            return part.fire_at  # a signal wait that timed out in this pass
         return part.event.completed_at or part.event.scheduled_at
 
     def _outcome_of(self, event: Event) -> _Outcome:
         if event.state == State.FAILED:
             failure = event.failure or Failure("UnknownError", "the journal holds no details")
+            if event.kind == Kind.SIGNAL and failure.type == "SignalTimeout":
+                return _Outcome(error=SignalTimeout(failure.message))
             return _Outcome(error=StepFailed(failure.type, failure.message, failure.details))
         if event.output is None:
             return _Outcome()
         return _Outcome(self._decode(event.output, f"the result of seq {event.seq}"))
+
+    def _deadline(self, event: Event) -> datetime | None:
+        try:
+            return decode_deadline(self.codec, event.input)
+        except Exception as exc:
+            raise _Stuck(
+                Failure(
+                    "SerializationError",
+                    f"cannot decode the deadline of the signal wait at seq {event.seq} of "
+                    f"{self.label} with the {self.codec.name!r} serializer: {exc}",
+                )
+            ) from exc
 
     def _fire_time(self, event: Event) -> datetime:
         try:
@@ -376,7 +481,8 @@ class _Pass:
     def _decision(
         self, status: Status, *, output: str | None = None, failure: Failure | None = None
     ) -> Decision:
-        # The commands run in this pass (ctx.run, timers fired) are journaled with the end.
+        # The commands run in this pass (ctx.run, timers fired, signal waits resolved) are
+        # journaled with the end.
         waiting = status is Status.RUNNING and self.timers
         return Decision(
             status,
@@ -386,6 +492,7 @@ class _Pass:
             failure=failure,
             fired=self.fired,
             wake_at=min(self.timers) if waiting else None,
+            consumed=self.consumed,
             custom_status=self.cursor.custom_status,
         )
 

@@ -17,7 +17,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from celery import Celery, Task
 
-from celery_durable.client import WorkflowHandle, start, utcnow
+from celery_durable.client import WorkflowHandle, send_signal, start, utcnow
 from celery_durable.engine.commands import ScheduleStep
 from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Instance, Status
@@ -288,6 +288,18 @@ class Durable:
         return self.store.list(
             status=Status(status) if status is not None else None, workflow=workflow, limit=limit
         )
+
+    def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
+        """Send the signal ``name`` to a workflow (``ctx.wait_signal(name)`` receives
+        ``payload``). Works from any process that has the store and the broker, such as a
+        web request; see :func:`celery_durable.client.send_signal`.
+
+        Raises:
+            WorkflowNotFound: no such instance.
+            DurableError: the workflow has finished.
+            SerializationError: the payload cannot be encoded; nothing is stored.
+        """
+        send_signal(self, workflow_id, name, payload)
 
     def retry(self, workflow_id: str) -> WorkflowHandle[Any]:
         """Resume a ``stuck`` instance (after fixing its code): replay it again.

@@ -156,6 +156,7 @@ def advance(
             codec=durable.codec(instance.serializer),
             now=now,
             resolve_step=durable.resolve_step,
+            signals=store.signals(instance_id) if instance.inbox else (),
         )
         outcomes.extend(decision.fired)
         wake = Wake(at=None)
@@ -166,6 +167,7 @@ def advance(
             not outcomes
             and not decision.new_events
             and not wake.resend
+            and not decision.consumed
             and decision.status is instance.status
             and wake.at == instance.wake_at
             and (
@@ -190,6 +192,7 @@ def advance(
                     else instance.custom_status
                 ),
                 resent=[event.seq for event in wake.resend],
+                consumed=decision.consumed,
             )
         )
         if not committed:

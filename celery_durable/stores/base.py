@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from celery_durable.engine.journal import Event, Failure, Instance, Status
+from celery_durable.engine.journal import Event, Failure, Instance, Signal, Status
 from celery_durable.errors import ConfigurationError
 
 
@@ -36,6 +36,10 @@ class Commit:
         outcomes: existing pending events whose outcome this commit journals (their
             ``state``, ``output``/``failure`` and ``completed_at`` are written, with
             ``attempts`` kept at the larger count and ``started_at`` when given).
+        consumed: ``(signal id, seq)`` pairs: inbox signals this pass consumed; each is
+            marked consumed by that seq, only if not consumed yet (else nothing is
+            written and the commit returns ``False``), and the instance's ``inbox`` count
+            drops accordingly.
         resent: seqs of pending steps sent again by this commit's pass (recovery): their
             ``heartbeat_at`` becomes ``updated_at`` and ``started_at`` is cleared.
         updated_at: the commit's time.
@@ -56,6 +60,7 @@ class Commit:
     wake_at: datetime | None = None
     custom_status: str | None = None
     resent: Sequence[int] = field(default_factory=tuple)
+    consumed: Sequence[tuple[int, int]] = field(default_factory=tuple)
 
 
 class Store(Protocol):
@@ -104,6 +109,24 @@ class Store(Protocol):
             ``True`` while the step is pending; ``False`` once its outcome is journaled or
             it does not exist (the caller stops beating).
         """
+        ...
+
+    def send_signal(
+        self, instance_id: str, name: str, payload: str | None, at: datetime, wake_by: datetime
+    ) -> Instance | None:
+        """Put a signal in an unfinished instance's inbox (``inbox += 1``); for a pending
+        or running one, also pull its ``wake_at`` to ``wake_by`` if later or unset, so
+        recovery delivers the signal even if the message that should wake the instance is
+        lost. A stuck instance keeps the signal for when it is retried. No version change.
+
+        Returns:
+            The instance as it was before the signal (a completed or failed one gets no
+            signal: the caller reports it), or ``None`` if there is no such instance.
+        """
+        ...
+
+    def signals(self, instance_id: str) -> list[Signal]:
+        """The instance's unconsumed signals, oldest first."""
         ...
 
     def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:

@@ -9,7 +9,8 @@ own transaction and writes nothing unless the version (and, for outcomes, every 
 pending state) still matched. The statements are cached by shape, so psycopg prepares
 them on the server after a few uses. The calls recovery makes often are single statements
 too: :meth:`PostgresStore.heartbeat` (every few seconds per running step; its transaction
-does not wait for the WAL flush) and :meth:`PostgresStore.claim_due` (the tick).
+does not wait for the WAL flush), :meth:`PostgresStore.claim_due` (the tick),
+:meth:`PostgresStore.send_signal` and :meth:`PostgresStore.signals`.
 Everything else is inherited from
 :class:`~celery_durable.stores.sqlalchemy.SQLAlchemyStore`, and the same contract suite
 runs against both.
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.stores.base import Commit
 from celery_durable.stores.schema import ACTIVE
 from celery_durable.stores.sqlalchemy import (
@@ -34,7 +35,7 @@ from celery_durable.stores.sqlalchemy import (
 
 _INSTANCE_COLUMNS = (
     "id, workflow, status, input, serializer, version, created_at, updated_at, output, "
-    "failure, wake_at, custom_status, parent_id"
+    "failure, wake_at, custom_status, parent_id, inbox"
 )
 _EVENT_COLUMNS = (
     "seq, kind, name, input, state, output, failure, scheduled_at, started_at, "
@@ -43,6 +44,7 @@ _EVENT_COLUMNS = (
 _EVENTS_AT = len(_INSTANCE_COLUMNS.split(","))
 """Where a :data:`_LOAD` row's event columns start."""
 _PENDING = "('scheduled', 'started')"
+_UNFINISHED = "status NOT IN ('completed', 'failed')"
 
 _LOAD = (
     f"SELECT {', '.join('i.' + c.strip() for c in _INSTANCE_COLUMNS.split(','))}, "
@@ -70,6 +72,28 @@ _HEARTBEAT = (
     " SELECT (SELECT count(*) FROM beat), set_config('synchronous_commit', 'off', true)"
 )
 
+# The instance row is locked first (as a commit does) and read as it is before the signal;
+# the signal is inserted after the lock, so one instance's signals are numbered in the
+# order their statements commit. The UPDATE finds the row this statement locked (and, as
+# READ COMMITTED re-reads a row that changed, computes from its latest version).
+_SEND_SIGNAL = (
+    f"WITH before AS (SELECT {_INSTANCE_COLUMNS} FROM durable_instances"
+    " WHERE id = %(id)s FOR UPDATE),"
+    " sent AS (INSERT INTO durable_signals (instance_id, name, payload, sent_at)"
+    f" SELECT id, %(name)s, %(payload)s, %(at)s FROM before WHERE {_UNFINISHED}"
+    " RETURNING instance_id),"
+    " bumped AS (UPDATE durable_instances i SET inbox = i.inbox + 1, wake_at = CASE"
+    f" WHEN i.{ACTIVE} AND (i.wake_at IS NULL"
+    " OR i.wake_at > %(wake_by)s) THEN %(wake_by)s ELSE i.wake_at END"
+    " FROM sent WHERE i.id = sent.instance_id)"
+    f" SELECT {_INSTANCE_COLUMNS} FROM before"
+)
+
+_SIGNALS = (
+    "SELECT id, name, payload, sent_at FROM durable_signals"
+    " WHERE instance_id = %(id)s AND consumed_seq IS NULL ORDER BY id"
+)
+
 _CLAIM_DUE = (
     "WITH due AS (SELECT id, wake_at FROM durable_instances"
     f" WHERE {ACTIVE} AND wake_at <= %(now)s"
@@ -81,21 +105,39 @@ _CLAIM_DUE = (
 
 
 @functools.lru_cache(maxsize=64)
-def _commit_sql(outcomes: int, new_events: int, resent: bool) -> str:
-    """The commit statement for this many outcomes and new events (and resent steps)."""
+def _commit_sql(outcomes: int, new_events: int, resent: bool, consumed: int = 0) -> str:
+    """The commit statement for this many outcomes, new events and consumed signals (and
+    resent steps)."""
     check = (
         f" AND (SELECT count(*) FROM durable_events WHERE instance_id = %(id)s"
         f" AND seq = ANY(%(outcome_seqs)s) AND state IN {_PENDING}) = {outcomes}"
         if outcomes
         else ""
     )
+    inbox = ""
+    if consumed:
+        # Every consumed signal must still be the instance's and unconsumed (a repeated id
+        # counts once, so it fails the check too), or nothing is written.
+        check += (
+            " AND (SELECT count(*) FROM durable_signals WHERE instance_id = %(id)s"
+            " AND id = ANY(%(signal_ids)s::bigint[]) AND consumed_seq IS NULL)"
+            f" = {consumed}"
+        )
+        inbox = f", inbox = inbox - {consumed}"
     parts = [
         "WITH moved AS (UPDATE durable_instances SET version = version + 1,"
         " status = %(status)s, output = %(output)s, failure = %(failure)s,"
         " updated_at = %(updated_at)s, wake_at = %(wake_at)s,"
-        " custom_status = %(custom_status)s"
+        f" custom_status = %(custom_status)s{inbox}"
         f" WHERE id = %(id)s AND version = %(expected)s{check} RETURNING id)"
     ]
+    if consumed:
+        parts.append(
+            "consumed AS (UPDATE durable_signals AS s SET consumed_seq = v.seq"
+            " FROM moved, unnest(%(signal_ids)s::bigint[], %(signal_seqs)s::int[])"
+            " AS v(id, seq)"
+            " WHERE s.instance_id = moved.id AND s.id = v.id AND s.consumed_seq IS NULL)"
+        )
     if outcomes:
         rows = ", ".join(
             f"(%(o{i}_seq)s::int, %(o{i}_state)s::text, %(o{i}_output)s::text,"
@@ -164,6 +206,9 @@ class PostgresStore(SQLAlchemyStore):
         resent = _resent_seqs(commit)
         if resent:
             params["resent"] = resent
+        if commit.consumed:
+            params["signal_ids"] = [signal_id for signal_id, _ in commit.consumed]
+            params["signal_seqs"] = [seq for _, seq in commit.consumed]
         for i, e in enumerate(commit.outcomes):
             if not State(e.state).is_final:
                 raise ValueError(f"outcome for event {e.seq} has state {e.state!r}, not final")
@@ -195,7 +240,9 @@ class PostgresStore(SQLAlchemyStore):
                     f"n{i}_heartbeat_at": _aware(e.heartbeat_at, "heartbeat_at"),
                 }
             )
-        sql = _commit_sql(len(commit.outcomes), len(commit.new_events), bool(resent))
+        sql = _commit_sql(
+            len(commit.outcomes), len(commit.new_events), bool(resent), len(commit.consumed)
+        )
         with self._read() as conn:
             moved = conn.exec_driver_sql(sql, params).scalar_one()
         return bool(moved == 1)
@@ -215,6 +262,30 @@ class PostgresStore(SQLAlchemyStore):
         with self._read() as conn:
             beat = conn.exec_driver_sql(_HEARTBEAT, params).scalar_one()
         return bool(beat == 1)
+
+    def send_signal(
+        self, instance_id: str, name: str, payload: str | None, at: datetime, wake_by: datetime
+    ) -> Instance | None:
+        """Put a signal in an instance's inbox as one statement (see ``Store.send_signal``)."""
+        params = {
+            "id": instance_id,
+            "name": name,
+            "payload": payload,
+            "at": _aware(at, "at"),
+            "wake_by": _aware(wake_by, "wake_by"),
+        }
+        with self._read() as conn:
+            row = conn.exec_driver_sql(_SEND_SIGNAL, params).one_or_none()
+        return None if row is None else _instance(row)
+
+    def signals(self, instance_id: str) -> list[Signal]:
+        """The instance's unconsumed signals, oldest first."""
+        with self._read() as conn:
+            rows = conn.exec_driver_sql(_SIGNALS, {"id": instance_id}).all()
+        return [
+            Signal(id=row[0], name=row[1], payload=row[2], sent_at=row[3].astimezone(timezone.utc))
+            for row in rows
+        ]
 
     def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
         """Claim due instances as one statement (see ``Store.claim_due``)."""
@@ -254,6 +325,7 @@ def _instance(row: Sequence[Any]) -> Instance:
         wake_at=_utc(row[10]),
         custom_status=row[11],
         parent_id=row[12],
+        inbox=row[13],
     )
 
 

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Dialect,
@@ -89,6 +90,8 @@ instances = Table(
     Column("wake_at", UTCDateTime, nullable=True),
     Column("custom_status", Text, nullable=True),
     Column("parent_id", String(255), nullable=True),
+    # Signals sent and not consumed yet: the orchestrator reads the inbox only when > 0.
+    Column("inbox", Integer, nullable=False, default=0, server_default=text("0")),
     Index("ix_durable_instances_status", "status"),
     Index("ix_durable_instances_workflow", "workflow"),
     Index("ix_durable_instances_created_at", "created_at"),
@@ -124,6 +127,35 @@ events = Table(
     Column("attempts", Integer, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=True),
 )
+
+signals = Table(
+    "durable_signals",
+    metadata,
+    # Arrival order. BIGSERIAL on PostgreSQL; on SQLite only an INTEGER primary key is the
+    # rowid (autoincremented: one more than the largest id).
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column(
+        "instance_id",
+        String(255),
+        ForeignKey("durable_instances.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(255), nullable=False),
+    Column("payload", Text, nullable=True),
+    Column("sent_at", UTCDateTime, nullable=False),
+    # The seq of the event that consumed the signal; NULL while it waits in the inbox.
+    Column("consumed_seq", Integer, nullable=True),
+    # The inbox (``instance_id = :id AND consumed_seq IS NULL ORDER BY id``): its entries
+    # alone, in order on SQLite (PostgreSQL sorts the few rows: IS NULL is no equality to
+    # its planner). Not partial: deleting an instance cascades through it too.
+    Index("ix_durable_signals_inbox", "instance_id", "consumed_seq", "id"),
+)
+"""An instance's signals: its inbox (``consumed_seq IS NULL``) and those it consumed."""
 
 meta = Table(
     "durable_meta",

@@ -8,7 +8,15 @@ Compare-and-set
     UPDATE matches no row once the first has committed, and it returns ``False`` having
     written nothing. Outcomes are then written with ``... WHERE state IN ('scheduled',
     'started')``; if any of them matches no row, the event already has an outcome (first
-    writer wins) and the whole transaction is rolled back.
+    writer wins) and the whole transaction is rolled back. Signals a commit consumes are
+    marked the same way (``... WHERE consumed_seq IS NULL``): a signal is consumed once.
+
+Signals
+    :meth:`SQLAlchemyStore.send_signal` locks the instance row (``SELECT ... FOR UPDATE``;
+    ``BEGIN IMMEDIATE`` on SQLite) before it inserts the signal, as a commit takes the
+    instance row before the signals it consumes: the two never wait on each other in
+    opposite orders, and the signals of one instance are numbered in the order their
+    transactions commit.
 
 Consistent reads
     :meth:`SQLAlchemyStore.load` reads the instance joined with its events in a single
@@ -79,7 +87,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
 from celery_durable.stores.base import Commit
 from celery_durable.stores.schema import (
@@ -90,6 +98,7 @@ from celery_durable.stores.schema import (
     instances,
     meta,
     metadata,
+    signals,
 )
 
 __all__ = ["SQLAlchemyStore"]
@@ -196,10 +205,11 @@ class SQLAlchemyStore:
         """Apply ``commit`` in one transaction if the version still matches.
 
         Returns:
-            ``True`` if applied; ``False`` if the version moved or an outcome's event was
-            no longer pending, in which case nothing was written.
+            ``True`` if applied; ``False`` if the version moved, an outcome's event was
+            no longer pending or a consumed signal was consumed already (or is not the
+            instance's), in which case nothing was written.
         """
-        instance_values = {
+        instance_values: dict[str, Any] = {
             "version": instances.c.version + 1,
             "status": Status(commit.status).value,
             "output": commit.output,
@@ -208,6 +218,8 @@ class SQLAlchemyStore:
             "wake_at": _aware(commit.wake_at, "wake_at"),
             "custom_status": commit.custom_status,
         }
+        if commit.consumed:
+            instance_values["inbox"] = instances.c.inbox - len(commit.consumed)
         outcomes = [_outcome_values(outcome) for outcome in commit.outcomes]
         resent = _resent_seqs(commit)
         new_events = [_event_values(commit.instance_id, e) for e in commit.new_events]
@@ -234,6 +246,20 @@ class SQLAlchemyStore:
                         .values(**values)
                     )
                     if written.rowcount != 1:
+                        raise _Abort
+                if commit.consumed:
+                    consumed = dict(commit.consumed)
+                    marked = conn.execute(
+                        update(signals)
+                        .where(
+                            signals.c.instance_id == commit.instance_id,
+                            signals.c.id.in_(list(consumed)),
+                            signals.c.consumed_seq.is_(None),
+                        )
+                        .values(consumed_seq=case(consumed, value=signals.c.id))
+                    )
+                    # Fewer rows: a signal consumed already, not the instance's, or listed twice.
+                    if marked.rowcount != len(commit.consumed):
                         raise _Abort
                 if resent:
                     conn.execute(
@@ -304,6 +330,53 @@ class SQLAlchemyStore:
                     update(instances).where(instances.c.id == instance_id).values(wake_at=wake_by)
                 )
         return True
+
+    def send_signal(
+        self, instance_id: str, name: str, payload: str | None, at: datetime, wake_by: datetime
+    ) -> Instance | None:
+        """Put a signal in an unfinished instance's inbox (see ``Store.send_signal``).
+
+        One transaction that locks the instance row first (``FOR UPDATE``; SQLite's
+        ``BEGIN IMMEDIATE`` locks the database), as a commit does.
+        """
+        at = _aware(at, "at")
+        wake_by = _aware(wake_by, "wake_by")
+        with self._transaction(write=True) as conn:
+            row = (
+                conn.execute(
+                    select(instances).where(instances.c.id == instance_id).with_for_update()
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                return None
+            before = _instance_from_row(row)
+            if before.status.is_terminal:
+                return before
+            conn.execute(
+                insert(signals).values(
+                    instance_id=instance_id, name=name, payload=payload, sent_at=at
+                )
+            )
+            values: dict[str, Any] = {"inbox": instances.c.inbox + 1}
+            if before.status in (Status.PENDING, Status.RUNNING) and (
+                before.wake_at is None or before.wake_at > wake_by
+            ):
+                values["wake_at"] = wake_by
+            conn.execute(update(instances).where(instances.c.id == instance_id).values(**values))
+        return before
+
+    def signals(self, instance_id: str) -> list[Signal]:
+        """The instance's unconsumed signals, oldest first (one statement)."""
+        query = (
+            select(signals.c.id, signals.c.name, signals.c.payload, signals.c.sent_at)
+            .where(signals.c.instance_id == instance_id, signals.c.consumed_seq.is_(None))
+            .order_by(signals.c.id)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [Signal(id=row[0], name=row[1], payload=row[2], sent_at=row[3]) for row in rows]
 
     def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
         """Claim due instances, oldest ``wake_at`` first (see ``Store.claim_due``).
@@ -628,6 +701,7 @@ def _instance_values(instance: Instance) -> dict[str, Any]:
         "wake_at": _aware(instance.wake_at, "wake_at"),
         "custom_status": instance.custom_status,
         "parent_id": instance.parent_id,
+        "inbox": instance.inbox,
     }
 
 
@@ -646,6 +720,7 @@ def _instance_from_row(row: RowMapping) -> Instance:
         wake_at=row["wake_at"],
         custom_status=row["custom_status"],
         parent_id=row["parent_id"],
+        inbox=row["inbox"],
     )
 
 

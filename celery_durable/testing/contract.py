@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import pytest
 
-from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
+from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.stores.base import Commit, Store
 
 __all__ = ["StoreContract"]
@@ -143,6 +143,7 @@ class StoreContract:
             wake_at=(T0 + timedelta(days=30)).astimezone(ELSEWHERE),
             custom_status='"waiting for e-mail"',
             parent_id="wf-parent",
+            inbox=4,
         )
 
         stored, created = store.create(instance)
@@ -157,6 +158,7 @@ class StoreContract:
             "NonDeterminismError", "step 2 changed", "Traceback (most ...)"
         )
         assert store.load("wf-round-trip") == (instance, [])
+        assert store.list() == [instance]
 
     def test_round_trip_of_empty_optional_fields(self, store: Store) -> None:
         instance = make_instance("wf-minimal", input="")
@@ -783,6 +785,392 @@ class StoreContract:
         step0, _, step2 = loaded[1]
         assert step0 == dataclasses.replace(outcome, heartbeat_at=T0 + timedelta(seconds=2))
         assert step2 == make_event(2, heartbeat_at=T0 + timedelta(hours=1))
+
+    # ------------------------------------------------------------------ signals
+
+    def _send(
+        self,
+        store: Store,
+        instance_id: str,
+        name: str = "approved",
+        payload: str | None = '"yes"',
+        at: datetime = T0,
+        wake_by: datetime = T0 + timedelta(minutes=1),
+    ) -> Signal:
+        """Send a signal to a live instance; the signal stored (the newest of the inbox)."""
+        assert store.send_signal(instance_id, name, payload, at, wake_by) is not None
+        return store.signals(instance_id)[-1]
+
+    def test_send_signal_to_a_running_instance(self, store: Store) -> None:
+        store.create(
+            make_instance(
+                "wf-sig", status=Status.RUNNING, version=3, wake_at=T0 + timedelta(hours=1)
+            )
+        )
+        before = store.get("wf-sig")
+        sent_at = (T0 + timedelta(seconds=5, microseconds=1)).astimezone(ELSEWHERE)
+
+        returned = store.send_signal(
+            "wf-sig", "approved", '{"by": "bob"}', sent_at, T0 + timedelta(minutes=1)
+        )
+
+        assert returned == before, "the instance as it was before the signal"
+        assert returned is not None
+        assert_instance_types(returned)
+        assert store.get("wf-sig") == make_instance(
+            "wf-sig", status=Status.RUNNING, version=3, wake_at=T0 + timedelta(minutes=1), inbox=1
+        ), "inbox counted, wake_at pulled, version kept"
+        (signal,) = store.signals("wf-sig")
+        assert signal == Signal(
+            signal.id, "approved", '{"by": "bob"}', T0 + timedelta(seconds=5, microseconds=1)
+        )
+        assert type(signal.id) is int
+        assert_utc(signal.sent_at)
+        loaded = store.load("wf-sig")
+        assert loaded is not None
+        assert loaded[0].inbox == 1
+        assert loaded[1] == [], "a signal is not an event"
+
+    def test_send_signal_pulls_wake_at_earlier_never_later(self, store: Store) -> None:
+        store.create(make_instance("wf-sig-wake", status=Status.RUNNING))
+        sends = [
+            # (wake_by, expected wake_at afterwards)
+            (60, 60),  # unset: set
+            (120, 60),  # later: kept
+            (30, 30),  # earlier: pulled
+            (30, 30),  # equal: kept
+        ]
+
+        for i, (wake_by, expected) in enumerate(sends, start=1):
+            returned = store.send_signal(
+                "wf-sig-wake", "s", None, T0, T0 + timedelta(seconds=wake_by)
+            )
+            assert returned is not None
+            assert returned.inbox == i - 1
+            instance = store.get("wf-sig-wake")
+            assert instance is not None
+            assert instance.wake_at == T0 + timedelta(seconds=expected), f"send {i}"
+            assert instance.inbox == i
+            assert instance.version == 0
+
+    def test_send_signal_to_a_pending_instance(self, store: Store) -> None:
+        store.create(make_instance("wf-sig-pending"))
+
+        returned = store.send_signal("wf-sig-pending", "s", None, T0, T0 + timedelta(seconds=30))
+
+        assert returned == make_instance("wf-sig-pending")
+        assert store.get("wf-sig-pending") == make_instance(
+            "wf-sig-pending", wake_at=T0 + timedelta(seconds=30), inbox=1
+        )
+        assert [s.name for s in store.signals("wf-sig-pending")] == ["s"]
+
+    @pytest.mark.parametrize("wake_at", [None, T0 + timedelta(hours=1)])
+    def test_stuck_instance_keeps_the_signal_and_its_wake_at(
+        self, store: Store, wake_at: datetime | None
+    ) -> None:
+        stuck = make_instance(
+            "wf-sig-stuck", status=Status.STUCK, failure=Failure("E", "m"), wake_at=wake_at
+        )
+        store.create(stuck)
+
+        returned = store.send_signal("wf-sig-stuck", "s", '"p"', T0, T0 + timedelta(seconds=30))
+
+        assert returned == stuck
+        assert store.get("wf-sig-stuck") == dataclasses.replace(stuck, inbox=1)
+        assert [(s.name, s.payload) for s in store.signals("wf-sig-stuck")] == [("s", '"p"')]
+
+    @pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED])
+    def test_finished_instance_gets_no_signal(self, store: Store, status: Status) -> None:
+        finished = make_instance(
+            "wf-sig-done", status=status, version=4, output='"o"', wake_at=T0 + timedelta(hours=1)
+        )
+        store.create(finished)
+
+        returned = store.send_signal("wf-sig-done", "s", '"p"', T0, T0 + timedelta(seconds=30))
+
+        assert returned == finished, "returned with its status, for the caller to report"
+        assert returned is not None
+        assert returned.status is status
+        assert store.get("wf-sig-done") == finished, "nothing written"
+        assert store.signals("wf-sig-done") == []
+
+    def test_signal_to_a_missing_instance_is_none(self, store: Store) -> None:
+        assert store.send_signal("nope", "s", '"p"', T0, T0 + timedelta(seconds=30)) is None
+        assert store.get("nope") is None
+        assert store.signals("nope") == []
+
+    def test_signals_in_arrival_order_unconsumed_only(self, store: Store) -> None:
+        store.create(make_instance("wf-inbox", status=Status.RUNNING))
+        store.create(make_instance("wf-other", status=Status.RUNNING))
+        sent = [
+            # Sent-at times out of order: arrival (the id) orders the inbox, not the clock.
+            self._send(store, "wf-inbox", "b", '"1"', at=T0 + timedelta(seconds=3)),
+            self._send(store, "wf-inbox", "a", None, at=T0 + timedelta(seconds=1)),
+            self._send(store, "wf-inbox", "b", '"2"', at=T0 + timedelta(seconds=2)),
+            self._send(store, "wf-inbox", "c", "", at=T0),
+        ]
+        self._send(store, "wf-other", "a", '"other"')
+
+        assert [s.id for s in sent] == sorted(s.id for s in sent)
+        assert len({s.id for s in sent}) == 4
+        assert store.signals("wf-inbox") == sent
+        assert [(s.name, s.payload) for s in sent] == [
+            ("b", '"1"'),
+            ("a", None),
+            ("b", '"2"'),
+            ("c", ""),
+        ]
+
+        assert store.commit(
+            Commit(
+                "wf-inbox",
+                0,
+                Status.RUNNING,
+                T0,
+                new_events=[make_event(0, kind=Kind.SIGNAL, name="b", state=State.COMPLETED)],
+                consumed=[(sent[0].id, 0)],
+            )
+        )
+
+        assert store.signals("wf-inbox") == sent[1:]
+        assert [s.payload for s in store.signals("wf-other")] == ['"other"']
+
+    def test_commit_consumes_signals(self, store: Store) -> None:
+        store.create(make_instance("wf-consume", status=Status.RUNNING))
+        first, second, third = (self._send(store, "wf-consume", f"s{i}") for i in range(3))
+        waits = [
+            make_event(0, kind=Kind.SIGNAL, name="s0", state=State.COMPLETED, output='"yes"'),
+            make_event(1, kind=Kind.SIGNAL, name="s2", state=State.COMPLETED, output='"yes"'),
+        ]
+
+        applied = store.commit(
+            Commit(
+                "wf-consume",
+                0,
+                Status.RUNNING,
+                T0 + timedelta(seconds=1),
+                new_events=waits,
+                consumed=[(third.id, 1), (first.id, 0)],
+            )
+        )
+
+        assert applied is True
+        loaded = store.load("wf-consume")
+        assert loaded is not None
+        instance, events = loaded
+        assert instance.version == 1
+        assert instance.inbox == 1
+        assert instance.updated_at == T0 + timedelta(seconds=1)
+        assert events == waits
+        assert store.signals("wf-consume") == [second]
+        assert store.commit(Commit("wf-consume", 1, Status.RUNNING, T0, consumed=[(second.id, 2)]))
+        assert store.signals("wf-consume") == []
+        got = store.get("wf-consume")
+        assert got is not None
+        assert (got.inbox, got.version) == (0, 2)
+
+    @pytest.mark.parametrize("which", ["consumed", "consumed and fresh", "other instance"])
+    def test_commit_consuming_an_unconsumable_signal_writes_nothing(
+        self, store: Store, which: str
+    ) -> None:
+        store.create(make_instance("wf-once", status=Status.RUNNING))
+        store.create(make_instance("wf-once-other", status=Status.RUNNING))
+        taken = self._send(store, "wf-once", "s")
+        fresh = self._send(store, "wf-once", "s")
+        foreign = self._send(store, "wf-once-other", "s")
+        assert store.commit(Commit("wf-once", 0, Status.RUNNING, T0, consumed=[(taken.id, 0)]))
+        before = store.load("wf-once")
+        assert before is not None
+        assert before[0].inbox == 1
+        consumed = {
+            "consumed": [(taken.id, 1)],
+            # The fresh one first, so a store that writes as it goes must undo it.
+            "consumed and fresh": [(fresh.id, 1), (taken.id, 2)],
+            "other instance": [(foreign.id, 1)],
+        }[which]
+
+        applied = store.commit(
+            Commit(
+                "wf-once",
+                1,
+                Status.COMPLETED,
+                T0 + timedelta(days=1),
+                output='"late"',
+                custom_status='"late"',
+                wake_at=T0,
+                new_events=[make_event(1, kind=Kind.SIGNAL, name="s", state=State.COMPLETED)],
+                consumed=consumed,
+            )
+        )
+
+        assert applied is False
+        assert store.load("wf-once") == before, "not even the instance fields or events"
+        assert store.signals("wf-once") == [fresh]
+        assert store.signals("wf-once-other") == [foreign]
+        got = store.get("wf-once-other")
+        assert got is not None
+        assert got.inbox == 1
+
+    def test_commit_consuming_a_signal_twice_writes_nothing(self, store: Store) -> None:
+        store.create(make_instance("wf-twice", status=Status.RUNNING))
+        signal = self._send(store, "wf-twice", "s")
+        before = store.load("wf-twice")
+
+        applied = store.commit(
+            Commit("wf-twice", 0, Status.RUNNING, T0, consumed=[(signal.id, 0), (signal.id, 1)])
+        )
+
+        assert applied is False
+        assert store.load("wf-twice") == before
+        assert store.signals("wf-twice") == [signal]
+
+    def test_stale_commit_leaves_its_signals_unconsumed(self, store: Store) -> None:
+        store.create(make_instance("wf-sig-stale", status=Status.RUNNING))
+        signal = self._send(store, "wf-sig-stale", "s")
+        assert store.commit(Commit("wf-sig-stale", 0, Status.RUNNING, T0))
+        before = store.load("wf-sig-stale")
+
+        applied = store.commit(
+            Commit("wf-sig-stale", 0, Status.RUNNING, T0, consumed=[(signal.id, 0)])
+        )
+
+        assert applied is False
+        assert store.load("wf-sig-stale") == before
+        assert store.signals("wf-sig-stale") == [signal]
+
+    def test_refused_outcome_leaves_signals_unconsumed(self, store: Store) -> None:
+        store.create(make_instance("wf-sig-fww"))
+        assert store.commit(Commit("wf-sig-fww", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
+        assert store.commit(
+            Commit("wf-sig-fww", 1, Status.RUNNING, T0, outcomes=[completed(make_event(0))])
+        )
+        signal = self._send(store, "wf-sig-fww", "s")
+        before = store.load("wf-sig-fww")
+
+        applied = store.commit(
+            Commit(
+                "wf-sig-fww",
+                2,
+                Status.RUNNING,
+                T0,
+                outcomes=[completed(make_event(0), '"again"')],  # already final: refused
+                consumed=[(signal.id, 1)],
+            )
+        )
+
+        assert applied is False
+        assert store.load("wf-sig-fww") == before
+        assert store.signals("wf-sig-fww") == [signal]
+
+    @pytest.mark.parametrize("round_", range(5))
+    def test_concurrent_commits_consume_a_signal_once(self, store: Store, round_: int) -> None:
+        instance_id = f"wf-sig-race-{round_}"
+        store.create(make_instance(instance_id, status=Status.RUNNING))
+        signal = self._send(store, instance_id, "s")
+        other = self._send(store, instance_id, "t")
+
+        def attempt(i: int) -> bool:
+            return store.commit(
+                Commit(
+                    instance_id,
+                    0,
+                    Status.RUNNING,
+                    T0,
+                    custom_status=f'"{i}"',
+                    new_events=[
+                        make_event(
+                            0, kind=Kind.SIGNAL, name="s", state=State.COMPLETED, input=f"{i}"
+                        )
+                    ],
+                    consumed=[(signal.id, 0)],
+                )
+            )
+
+        results = run_together(2, attempt)
+
+        assert results.count(True) == 1
+        winner = results.index(True)
+        loaded = store.load(instance_id)
+        assert loaded is not None
+        instance, events = loaded
+        assert (instance.version, instance.inbox) == (1, 1)
+        assert instance.custom_status == f'"{winner}"'
+        assert [e.input for e in events] == [f"{winner}"]
+        assert store.signals(instance_id) == [other]
+
+    def test_concurrent_signals_are_all_kept_in_order(self, store: Store) -> None:
+        store.create(
+            make_instance("wf-sig-many", status=Status.RUNNING, wake_at=T0 + timedelta(hours=1))
+        )
+        count = 50
+
+        returned = run_together(
+            count,
+            lambda i: store.send_signal(
+                "wf-sig-many", f"s{i}", f'"{i}"', T0, T0 + timedelta(seconds=100 - i)
+            ),
+        )
+
+        assert sorted(r.inbox for r in returned if r is not None) == list(range(count)), (
+            "each send saw the ones before it"
+        )
+        inbox = store.signals("wf-sig-many")
+        ids = [s.id for s in inbox]
+        assert ids == sorted(set(ids)), "ids strictly increasing"
+        assert sorted(s.name for s in inbox) == sorted(f"s{i}" for i in range(count))
+        arrival = {r.inbox: f"s{i}" for i, r in enumerate(returned) if r is not None}
+        assert [s.name for s in inbox] == [arrival[n] for n in range(count)], (
+            "the inbox is in arrival order (each send saw those before it)"
+        )
+        instance = store.get("wf-sig-many")
+        assert instance is not None
+        assert instance.inbox == count
+        assert instance.version == 0
+        assert instance.wake_at == T0 + timedelta(seconds=100 - (count - 1)), "the earliest"
+
+    def test_signals_sent_while_an_orchestrator_consumes(self, store: Store) -> None:
+        store.create(make_instance("wf-sig-flow", status=Status.RUNNING))
+        count = 40
+        done = threading.Event()
+        consumed: list[int] = []
+
+        def orchestrate() -> None:
+            # Reads the instance, then its inbox (newer, maybe), and consumes what it saw.
+            while not done.is_set() or store.signals("wf-sig-flow"):
+                instance = store.get("wf-sig-flow")
+                assert instance is not None
+                inbox = store.signals("wf-sig-flow")
+                if not inbox:
+                    continue
+                seq = len(consumed)
+                taken = [(s.id, seq + i) for i, s in enumerate(inbox)]
+                if store.commit(
+                    Commit("wf-sig-flow", instance.version, Status.RUNNING, T0, consumed=taken)
+                ):
+                    consumed.extend(signal_id for signal_id, _ in taken)
+
+        consumer = threading.Thread(target=orchestrate)
+        consumer.start()
+        try:
+            run_together(
+                4,
+                lambda i: [
+                    store.send_signal("wf-sig-flow", f"s{i}-{n}", None, T0, T0)
+                    for n in range(count // 4)
+                ],
+            )
+        finally:
+            done.set()
+            consumer.join(timeout=60)
+        assert not consumer.is_alive()
+
+        instance = store.get("wf-sig-flow")
+        assert instance is not None
+        assert instance.inbox == 0
+        assert store.signals("wf-sig-flow") == []
+        assert len(consumed) == count
+        assert len(set(consumed)) == count, "a signal was consumed twice"
+        assert consumed == sorted(consumed), "consumed in arrival order"
 
     # ------------------------------------------------------------------ claim_due
 

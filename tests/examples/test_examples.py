@@ -39,6 +39,9 @@ def test_demo_runs_every_example_on_the_embedded_default(tmp_path: Path) -> None
     assert "step start_transfer(alice, -100)" in out
     assert "step rollback_transfer(alice" in out
     assert "failed as expected: TransferFailed" in out
+    assert "Congratulations: a year with us" in out
+    assert "step ActivateUser(" in out
+    assert "result: expired" in out
     assert "demo finished" in out
 
 

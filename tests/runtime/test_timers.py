@@ -132,7 +132,7 @@ def test_no_broker_message_carries_an_eta_beyond_eta_max(
         etas = broker_etas(redis_url)
         assert etas, "the short timers must be sent as ETA messages"
         assert max(etas) <= 2.0
-        wait_for(lambda: handles[2].status() is Status.COMPLETED, timeout=20)
+        wait_for(lambda: handles[2].status() == Status.COMPLETED, timeout=20)
     assert [h.status() for h in handles[3:]] == [Status.RUNNING] * 3
 
 

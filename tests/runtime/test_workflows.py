@@ -62,7 +62,7 @@ def test_steps_run_in_order_and_results_flow(durable: Durable, worker: Any) -> N
         handle = compute.delay(3, 4)
         assert handle.result(timeout=30) == {"total": 7, "doubled": Decimal("3.5")}
     assert calls == [("add", (3, 4)), ("price", Decimal("1.75"))]
-    assert handle.status() is Status.COMPLETED
+    assert handle.status() == Status.COMPLETED
     history = handle.history()
     assert [(e.seq, e.name.rsplit(".", 1)[-1], e.state.value, e.result) for e in history] == [
         (0, "add", "completed", 7),
@@ -111,7 +111,7 @@ def test_failed_step_raises_step_failed_with_type_and_compensates(
     assert info.value.type == "TransferFailed"
     assert "does not exist" in info.value.message
     assert log == ["book alice -10", "undo alice t-alice"]
-    assert handle.status() is Status.FAILED
+    assert handle.status() == Status.FAILED
     states = [(e.name.rsplit(".", 1)[-1], e.state.value) for e in handle.history()]
     assert states == [("book", "completed"), ("book", "failed"), ("undo", "completed")]
 
@@ -303,7 +303,7 @@ def test_changed_workflow_parks_as_stuck_and_resumes_after_fix(
         original = durable.workflows["versioned"]
         durable.workflows["versioned"] = type(original)(durable, v2, "versioned")
         gate.set()
-        wait_for(lambda: handle.status() is Status.STUCK)
+        wait_for(lambda: handle.status() == Status.STUCK)
         instance = durable.store.get(handle.id)
         assert instance is not None
         assert instance.failure is not None
@@ -333,7 +333,7 @@ def test_resume_of_unknown_workflow_waits_for_the_code(durable: Durable, worker:
     with worker():
         handle = start(durable, "later.deployed", ("bob",), {})
         time.sleep(1.5)
-        assert handle.status() is Status.PENDING  # waiting, not failed or dropped
+        assert handle.status() == Status.PENDING  # waiting, not failed or dropped
         durable.workflow(name="later.deployed")(greet)
         assert handle.result(timeout=30) == "hello bob"
 

@@ -1,0 +1,1 @@
+"""Crash tests: real prefork worker and beat subprocesses, SIGKILLed at the worst moment."""
