@@ -59,7 +59,8 @@ def plan(
         now: the pass's time.
         pending: journaled steps still without an outcome.
         new: the events this pass creates (steps scheduled, timers set, runs).
-        timer_at: the earliest fire time of the timers the workflow waits on.
+        timer_at: the earliest fire time of the timers (and signal-wait deadlines) the
+            workflow waits on.
     """
     settings = durable.settings
     step_timeout = timedelta(seconds=settings.step_timeout)
@@ -71,7 +72,7 @@ def plan(
     if timer_at is not None:
         # Only a timer set by this pass gets its ETA message: a later pass (another
         # step's result, a duplicate) must not send it again and again.
-        fresh = any(event.kind is Kind.TIMER for event in new)
+        fresh = any(event.kind in (Kind.TIMER, Kind.SIGNAL) for event in new)
         if fresh and timer_at - now <= timedelta(seconds=settings.eta_max):
             eta = timer_at
             # The ETA message fires it; the tick is the backup if that message is lost.

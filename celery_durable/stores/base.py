@@ -117,7 +117,10 @@ class Store(Protocol):
         """Put a signal in an unfinished instance's inbox (``inbox += 1``); for a pending
         or running one, also pull its ``wake_at`` to ``wake_by`` if later or unset, so
         recovery delivers the signal even if the message that should wake the instance is
-        lost. A stuck instance keeps the signal for when it is retried. No version change.
+        lost. A stuck instance keeps the signal for when it is retried. The version is
+        bumped: an orchestrator pass that read the instance before the signal loses its
+        compare-and-set and reads again, so it can neither miss the signal nor overwrite
+        the ``wake_at`` pulled here.
 
         Returns:
             The instance as it was before the signal (a completed or failed one gets no

@@ -359,7 +359,12 @@ class SQLAlchemyStore:
                     instance_id=instance_id, name=name, payload=payload, sent_at=at
                 )
             )
-            values: dict[str, Any] = {"inbox": instances.c.inbox + 1}
+            # A version change: a pass that read the journal before this signal must not
+            # commit over it (its wake_at would drop the one pulled here).
+            values: dict[str, Any] = {
+                "inbox": instances.c.inbox + 1,
+                "version": instances.c.version + 1,
+            }
             if before.status in (Status.PENDING, Status.RUNNING) and (
                 before.wake_at is None or before.wake_at > wake_by
             ):

@@ -14,14 +14,7 @@ from celery import Celery
 
 from celery_durable import ConfigurationError, Durable, Status, WorkflowContext
 from celery_durable.testing import Clock
-
-
-def wait_for(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+from runtime.waiting import wait_for, waiting_on
 
 
 @pytest.fixture
@@ -33,12 +26,6 @@ def app(app: Celery, tmp_path: Any) -> Celery:
         beat_schedule_filename=str(tmp_path / "beat-schedule"),
     )
     return app
-
-
-def sleeping(handle: Any) -> bool:
-    """The workflow's last journal record is a timer not fired yet."""
-    history = handle.history()
-    return bool(history) and history[-1].kind.value == "timer" and history[-1].completed_at is None
 
 
 def broker_etas(redis_url: str) -> list[float]:
@@ -106,7 +93,7 @@ def test_long_timer_lives_in_the_store_and_the_tick_fires_it(
 
     with worker(beat=True):
         handle = wf.delay()
-        wait_for(lambda: sleeping(handle))
+        wait_for(lambda: waiting_on(handle, "timer"))
         instance = durable.store.get(handle.id)
         assert instance is not None
         assert instance.wake_at == handle.history()[-1].args[0]
@@ -115,8 +102,9 @@ def test_long_timer_lives_in_the_store_and_the_tick_fires_it(
     timer = handle.history()[-1]
     (fire_at,) = timer.args
     assert timer.completed_at is not None
-    # Fired by the tick: no earlier than its time, no later than a tick interval or so.
-    assert fire_at <= timer.completed_at <= fire_at + timedelta(seconds=2)
+    # Fired by the tick: never before its time, and about a tick (0.5 s) after it; the
+    # bound is loose because a loaded 2-core CI machine delays beat and the worker.
+    assert fire_at <= timer.completed_at <= fire_at + timedelta(seconds=5)
 
 
 def test_no_broker_message_carries_an_eta_beyond_eta_max(
@@ -159,7 +147,7 @@ def test_schedule_runs_a_year_in_seconds_with_the_testing_clock(
         handle = schedule.delay()
         started = clock()
         for count, days in ((1, 30), (2, 335)):
-            wait_for(lambda c=count: len(sent) == c and sleeping(handle))
+            wait_for(lambda c=count: len(sent) == c and waiting_on(handle, "timer"))
             time.sleep(1.0)  # ticks come and go: nothing fires before its time
             assert len(sent) == count
             clock.advance(days=days)

@@ -14,14 +14,7 @@ from celery_durable import (
     WorkflowContext,
     WorkflowFailed,
 )
-
-
-def wait_for(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+from runtime.waiting import wait_for
 
 
 def test_gather_runs_steps_in_parallel_and_returns_results_in_order(

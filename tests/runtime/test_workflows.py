@@ -21,14 +21,7 @@ from celery_durable import (
     WorkflowStuck,
     current_step,
 )
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+from runtime.waiting import wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
