@@ -818,8 +818,8 @@ class StoreContract:
         assert returned is not None
         assert_instance_types(returned)
         assert store.get("wf-sig") == make_instance(
-            "wf-sig", status=Status.RUNNING, version=3, wake_at=T0 + timedelta(minutes=1), inbox=1
-        ), "inbox counted, wake_at pulled, version kept"
+            "wf-sig", status=Status.RUNNING, version=4, wake_at=T0 + timedelta(minutes=1), inbox=1
+        ), "inbox counted, wake_at pulled, version bumped (an earlier read must not commit)"
         (signal,) = store.signals("wf-sig")
         assert signal == Signal(
             signal.id, "approved", '{"by": "bob"}', T0 + timedelta(seconds=5, microseconds=1)
@@ -851,7 +851,7 @@ class StoreContract:
             assert instance is not None
             assert instance.wake_at == T0 + timedelta(seconds=expected), f"send {i}"
             assert instance.inbox == i
-            assert instance.version == 0
+            assert instance.version == i
 
     def test_send_signal_to_a_pending_instance(self, store: Store) -> None:
         store.create(make_instance("wf-sig-pending"))
@@ -860,7 +860,7 @@ class StoreContract:
 
         assert returned == make_instance("wf-sig-pending")
         assert store.get("wf-sig-pending") == make_instance(
-            "wf-sig-pending", wake_at=T0 + timedelta(seconds=30), inbox=1
+            "wf-sig-pending", version=1, wake_at=T0 + timedelta(seconds=30), inbox=1
         )
         assert [s.name for s in store.signals("wf-sig-pending")] == ["s"]
 
@@ -876,8 +876,54 @@ class StoreContract:
         returned = store.send_signal("wf-sig-stuck", "s", '"p"', T0, T0 + timedelta(seconds=30))
 
         assert returned == stuck
-        assert store.get("wf-sig-stuck") == dataclasses.replace(stuck, inbox=1)
+        assert store.get("wf-sig-stuck") == dataclasses.replace(
+            stuck, version=stuck.version + 1, inbox=1
+        ), "wake_at kept, version bumped"
         assert [(s.name, s.payload) for s in store.signals("wf-sig-stuck")] == [("s", '"p"')]
+
+    @pytest.mark.parametrize("status", [Status.PENDING, Status.RUNNING, Status.STUCK])
+    def test_commit_read_before_a_signal_loses_its_compare_and_set(
+        self, store: Store, status: Status
+    ) -> None:
+        store.create(
+            make_instance("wf-sig-cas", status=status, version=2, wake_at=T0 + timedelta(hours=1))
+        )
+        read = store.get("wf-sig-cas")  # an orchestrator pass reads the instance...
+        assert read is not None
+        signal = self._send(store, "wf-sig-cas", "s", wake_by=T0 + timedelta(minutes=1))
+        before = store.load("wf-sig-cas")
+        assert before is not None
+
+        applied = store.commit(  # ...and commits what it decided without the signal
+            Commit(
+                "wf-sig-cas",
+                read.version,
+                Status.RUNNING,
+                T0 + timedelta(seconds=1),
+                custom_status='"blind"',
+                wake_at=T0 + timedelta(days=1),
+                new_events=[make_event(0)],
+            )
+        )
+
+        assert applied is False, "the send bumped the version"
+        assert store.load("wf-sig-cas") == before, "nothing written: the pulled wake_at kept"
+        assert store.signals("wf-sig-cas") == [signal]
+        # The pass reads again and sees the signal.
+        again = store.get("wf-sig-cas")
+        assert again is not None
+        assert again.inbox == 1
+        assert store.commit(
+            Commit(
+                "wf-sig-cas",
+                again.version,
+                Status.RUNNING,
+                T0 + timedelta(seconds=1),
+                new_events=[make_event(0, kind=Kind.SIGNAL, name="s", state=State.COMPLETED)],
+                consumed=[(signal.id, 0)],
+            )
+        )
+        assert store.signals("wf-sig-cas") == []
 
     @pytest.mark.parametrize("status", [Status.COMPLETED, Status.FAILED])
     def test_finished_instance_gets_no_signal(self, store: Store, status: Status) -> None:
@@ -891,12 +937,12 @@ class StoreContract:
         assert returned == finished, "returned with its status, for the caller to report"
         assert returned is not None
         assert returned.status is status
-        assert store.get("wf-sig-done") == finished, "nothing written"
+        assert store.get("wf-sig-done") == finished, "nothing written, not even the version"
         assert store.signals("wf-sig-done") == []
 
     def test_signal_to_a_missing_instance_is_none(self, store: Store) -> None:
         assert store.send_signal("nope", "s", '"p"', T0, T0 + timedelta(seconds=30)) is None
-        assert store.get("nope") is None
+        assert store.get("nope") is None, "no instance (and so no version) made"
         assert store.signals("nope") == []
 
     def test_signals_in_arrival_order_unconsumed_only(self, store: Store) -> None:
@@ -920,11 +966,13 @@ class StoreContract:
             ("b", '"2"'),
             ("c", ""),
         ]
+        instance = store.get("wf-inbox")
+        assert instance is not None
 
         assert store.commit(
             Commit(
                 "wf-inbox",
-                0,
+                instance.version,
                 Status.RUNNING,
                 T0,
                 new_events=[make_event(0, kind=Kind.SIGNAL, name="b", state=State.COMPLETED)],
@@ -946,7 +994,7 @@ class StoreContract:
         applied = store.commit(
             Commit(
                 "wf-consume",
-                0,
+                3,  # bumped by each send
                 Status.RUNNING,
                 T0 + timedelta(seconds=1),
                 new_events=waits,
@@ -958,16 +1006,16 @@ class StoreContract:
         loaded = store.load("wf-consume")
         assert loaded is not None
         instance, events = loaded
-        assert instance.version == 1
+        assert instance.version == 4
         assert instance.inbox == 1
         assert instance.updated_at == T0 + timedelta(seconds=1)
         assert events == waits
         assert store.signals("wf-consume") == [second]
-        assert store.commit(Commit("wf-consume", 1, Status.RUNNING, T0, consumed=[(second.id, 2)]))
+        assert store.commit(Commit("wf-consume", 4, Status.RUNNING, T0, consumed=[(second.id, 2)]))
         assert store.signals("wf-consume") == []
         got = store.get("wf-consume")
         assert got is not None
-        assert (got.inbox, got.version) == (0, 2)
+        assert (got.inbox, got.version) == (0, 5)
 
     @pytest.mark.parametrize("which", ["consumed", "consumed and fresh", "other instance"])
     def test_commit_consuming_an_unconsumable_signal_writes_nothing(
@@ -978,7 +1026,7 @@ class StoreContract:
         taken = self._send(store, "wf-once", "s")
         fresh = self._send(store, "wf-once", "s")
         foreign = self._send(store, "wf-once-other", "s")
-        assert store.commit(Commit("wf-once", 0, Status.RUNNING, T0, consumed=[(taken.id, 0)]))
+        assert store.commit(Commit("wf-once", 2, Status.RUNNING, T0, consumed=[(taken.id, 0)]))
         before = store.load("wf-once")
         assert before is not None
         assert before[0].inbox == 1
@@ -992,7 +1040,7 @@ class StoreContract:
         applied = store.commit(
             Commit(
                 "wf-once",
-                1,
+                before[0].version,  # current: only the consumed signals are wrong
                 Status.COMPLETED,
                 T0 + timedelta(days=1),
                 output='"late"',
@@ -1017,7 +1065,7 @@ class StoreContract:
         before = store.load("wf-twice")
 
         applied = store.commit(
-            Commit("wf-twice", 0, Status.RUNNING, T0, consumed=[(signal.id, 0), (signal.id, 1)])
+            Commit("wf-twice", 1, Status.RUNNING, T0, consumed=[(signal.id, 0), (signal.id, 1)])
         )
 
         assert applied is False
@@ -1027,11 +1075,13 @@ class StoreContract:
     def test_stale_commit_leaves_its_signals_unconsumed(self, store: Store) -> None:
         store.create(make_instance("wf-sig-stale", status=Status.RUNNING))
         signal = self._send(store, "wf-sig-stale", "s")
-        assert store.commit(Commit("wf-sig-stale", 0, Status.RUNNING, T0))
+        read = store.get("wf-sig-stale")  # after the signal: only the commit makes it stale
+        assert read is not None
+        assert store.commit(Commit("wf-sig-stale", read.version, Status.RUNNING, T0))
         before = store.load("wf-sig-stale")
 
         applied = store.commit(
-            Commit("wf-sig-stale", 0, Status.RUNNING, T0, consumed=[(signal.id, 0)])
+            Commit("wf-sig-stale", read.version, Status.RUNNING, T0, consumed=[(signal.id, 0)])
         )
 
         assert applied is False
@@ -1050,7 +1100,7 @@ class StoreContract:
         applied = store.commit(
             Commit(
                 "wf-sig-fww",
-                2,
+                3,  # the send's bump: current, so only the outcome refuses it
                 Status.RUNNING,
                 T0,
                 outcomes=[completed(make_event(0), '"again"')],  # already final: refused
@@ -1073,7 +1123,7 @@ class StoreContract:
             return store.commit(
                 Commit(
                     instance_id,
-                    0,
+                    2,  # both read after the two sends
                     Status.RUNNING,
                     T0,
                     custom_status=f'"{i}"',
@@ -1093,7 +1143,7 @@ class StoreContract:
         loaded = store.load(instance_id)
         assert loaded is not None
         instance, events = loaded
-        assert (instance.version, instance.inbox) == (1, 1)
+        assert (instance.version, instance.inbox) == (3, 1)
         assert instance.custom_status == f'"{winner}"'
         assert [e.input for e in events] == [f"{winner}"]
         assert store.signals(instance_id) == [other]
@@ -1125,7 +1175,7 @@ class StoreContract:
         instance = store.get("wf-sig-many")
         assert instance is not None
         assert instance.inbox == count
-        assert instance.version == 0
+        assert instance.version == count, "each send bumped it once"
         assert instance.wake_at == T0 + timedelta(seconds=100 - (count - 1)), "the earliest"
 
     def test_signals_sent_while_an_orchestrator_consumes(self, store: Store) -> None:
@@ -1135,7 +1185,9 @@ class StoreContract:
         consumed: list[int] = []
 
         def orchestrate() -> None:
-            # Reads the instance, then its inbox (newer, maybe), and consumes what it saw.
+            # Reads the instance, then its inbox (newer, maybe), and consumes what it saw;
+            # a signal sent between the two reads bumps the version, so the commit loses
+            # its compare-and-set and the loop reads both again.
             while not done.is_set() or store.signals("wf-sig-flow"):
                 instance = store.get("wf-sig-flow")
                 assert instance is not None
