@@ -5,58 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from stores.statements import captured
 
 from celery_durable.engine.journal import Status
 from celery_durable.stores.base import Commit
 from celery_durable.stores.postgres import PostgresStore
 from celery_durable.stores.sqlalchemy import SQLAlchemyStore
 from celery_durable.testing.contract import T0, make_event, make_instance
-
-STORES = ["sqlite", "postgresql", "postgresql-fast"]
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLAlchemyStore]:
-    if request.param == "sqlite":
-        store = SQLAlchemyStore(f"sqlite:///{tmp_path / 'journal.sqlite3'}")
-    else:
-        url = str(request.getfixturevalue("postgres_db_url"))
-        store = PostgresStore(url) if request.param == "postgresql-fast" else SQLAlchemyStore(url)
-    yield store
-    store.close()
-
-
-@pytest.fixture(params=["postgresql", "postgresql-fast"])
-def pg_store(request: pytest.FixtureRequest, postgres_db_url: str) -> Iterator[SQLAlchemyStore]:
-    store_class = PostgresStore if request.param == "postgresql-fast" else SQLAlchemyStore
-    store = store_class(postgres_db_url)
-    yield store
-    store.close()
-
-
-def _statements(engine: sa.Engine) -> list[tuple[str, Any]]:
-    """A list that collects every statement ``engine`` runs (with its parameters)."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
-
-    sa.event.listen(engine, "before_cursor_execute", record)
-    seen.append(("", record))  # the listener, for _stop
-    return seen
-
-
-def _stop(engine: sa.Engine, seen: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """Stop collecting; the statements collected."""
-    sa.event.remove(engine, "before_cursor_execute", seen[0][1])
-    return seen[1:]
 
 
 def test_claim_uses_the_due_index(store: SQLAlchemyStore) -> None:
@@ -65,11 +24,10 @@ def test_claim_uses_the_due_index(store: SQLAlchemyStore) -> None:
         wake_at = T0 - timedelta(seconds=i) if i % 10 else None
         store.create(make_instance(f"wf-{i}", status=status, wake_at=wake_at))
     engine = store._ready_engine()
-    seen = _statements(engine)
+    with captured(engine) as seen:
+        claimed = store.claim_due(T0, T0 + timedelta(minutes=1), 10)
 
-    claimed = store.claim_due(T0, T0 + timedelta(minutes=1), 10)
-
-    statements = [(s, p) for s, p in _stop(engine, seen) if "wake_at <=" in s]
+    statements = [(s, p) for s, p in seen if "wake_at <=" in s]
     assert claimed == ["wf-45", "wf-35", "wf-25", "wf-15", "wf-5"]
     assert len(statements) == 1
     statement, parameters = statements[0]
@@ -187,11 +145,10 @@ def test_heartbeat_skips_the_flush_wait_of_its_own_transaction_only(
     store.create(make_instance("wf-sync"))
     assert store.commit(Commit("wf-sync", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
     engine = store._ready_engine()
-    seen = _statements(engine)
+    with captured(engine) as seen:
+        assert store.heartbeat("wf-sync", 0, T0, T0 + timedelta(seconds=30))
 
-    assert store.heartbeat("wf-sync", 0, T0, T0 + timedelta(seconds=30))
-
-    statements = " ".join(s for s, _ in _stop(engine, seen))
+    statements = " ".join(s for s, _ in seen)
     assert "synchronous_commit" in statements
     # Local to the heartbeat's transaction: the pooled connection (the only one) is back
     # to its setting for the commits that follow.

@@ -5,58 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from stores.statements import captured, without_control
 
 from celery_durable.engine.journal import Instance, Kind, State, Status
 from celery_durable.stores.base import Commit
 from celery_durable.stores.postgres import PostgresStore
 from celery_durable.stores.sqlalchemy import SQLAlchemyStore
 from celery_durable.testing.contract import T0, make_event, make_instance
-
-STORES = ["sqlite", "postgresql", "postgresql-fast"]
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLAlchemyStore]:
-    if request.param == "sqlite":
-        store = SQLAlchemyStore(f"sqlite:///{tmp_path / 'journal.sqlite3'}")
-    else:
-        url = str(request.getfixturevalue("postgres_db_url"))
-        store = PostgresStore(url) if request.param == "postgresql-fast" else SQLAlchemyStore(url)
-    yield store
-    store.close()
-
-
-@pytest.fixture(params=["postgresql", "postgresql-fast"])
-def pg_store(request: pytest.FixtureRequest, postgres_db_url: str) -> Iterator[SQLAlchemyStore]:
-    store_class = PostgresStore if request.param == "postgresql-fast" else SQLAlchemyStore
-    store = store_class(postgres_db_url)
-    yield store
-    store.close()
-
-
-def _statements(engine: sa.Engine) -> list[tuple[str, Any]]:
-    """A list that collects every statement ``engine`` runs (with its parameters)."""
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
-
-    sa.event.listen(engine, "before_cursor_execute", record)
-    seen.append(("", record))  # the listener, for _stop
-    return seen
-
-
-def _stop(engine: sa.Engine, seen: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """Stop collecting; the statements collected (BEGIN, COMMIT and the like left out)."""
-    sa.event.remove(engine, "before_cursor_execute", seen[0][1])
-    return [(s, p) for s, p in seen[1:] if s.split()[0].upper() not in ("BEGIN", "SET")]
 
 
 def test_inbox_is_read_off_its_index_in_order(store: SQLAlchemyStore) -> None:
@@ -66,11 +25,10 @@ def test_inbox_is_read_off_its_index_in_order(store: SQLAlchemyStore) -> None:
         for n in range(3):
             store.send_signal(instance_id, f"s{n}", None, T0, T0)
     engine = store._ready_engine()
-    seen = _statements(engine)
+    with captured(engine) as seen:
+        inbox = store.signals("wf-7")
 
-    inbox = store.signals("wf-7")
-
-    statements = _stop(engine, seen)
+    statements = without_control(seen)
     assert [s.name for s in inbox] == ["s0", "s1", "s2"]
     assert len(statements) == 1, statements
     statement, parameters = statements[0]
@@ -126,16 +84,15 @@ def test_fast_path_signal_calls_are_single_statements(postgres_db_url: str) -> N
     store = PostgresStore(postgres_db_url)
     store.create(make_instance("wf-fast", status=Status.RUNNING))
     engine = store._ready_engine()
-    seen = _statements(engine)
+    with captured(engine) as seen:
+        store.send_signal("wf-fast", "s", '"p"', T0, T0)
+        (signal,) = store.signals("wf-fast")
+        wait = make_event(0, kind=Kind.SIGNAL, name="s", state=State.COMPLETED, output='"p"')
+        assert store.commit(
+            Commit("wf-fast", 1, Status.RUNNING, T0, new_events=[wait], consumed=[(signal.id, 0)])
+        )
 
-    store.send_signal("wf-fast", "s", '"p"', T0, T0)
-    (signal,) = store.signals("wf-fast")
-    wait = make_event(0, kind=Kind.SIGNAL, name="s", state=State.COMPLETED, output='"p"')
-    assert store.commit(
-        Commit("wf-fast", 1, Status.RUNNING, T0, new_events=[wait], consumed=[(signal.id, 0)])
-    )
-
-    statements = [s for s, _ in _stop(engine, seen)]
+    statements = [s for s, _ in without_control(seen)]
     assert len(statements) == 3, statements
     assert store.signals("wf-fast") == []
     store.close()
