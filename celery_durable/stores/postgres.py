@@ -25,13 +25,9 @@ from typing import Any
 
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.stores.base import Commit
+from celery_durable.stores.rows import aware, failure_text, resent_seqs
 from celery_durable.stores.schema import ACTIVE
-from celery_durable.stores.sqlalchemy import (
-    SQLAlchemyStore,
-    _aware,
-    _failure_text,
-    _resent_seqs,
-)
+from celery_durable.stores.sqlalchemy import SQLAlchemyStore
 
 _INSTANCE_COLUMNS = (
     "id, workflow, status, input, serializer, version, created_at, updated_at, output, "
@@ -197,14 +193,14 @@ class PostgresStore(SQLAlchemyStore):
             "expected": commit.expected_version,
             "status": Status(commit.status).value,
             "output": commit.output,
-            "failure": _failure_text(commit.failure),
-            "updated_at": _aware(commit.updated_at, "updated_at"),
-            "wake_at": _aware(commit.wake_at, "wake_at"),
+            "failure": failure_text(commit.failure),
+            "updated_at": aware(commit.updated_at, "updated_at"),
+            "wake_at": aware(commit.wake_at, "wake_at"),
             "custom_status": commit.custom_status,
         }
         if commit.outcomes:
             params["outcome_seqs"] = [e.seq for e in commit.outcomes]
-        resent = _resent_seqs(commit)
+        resent = resent_seqs(commit)
         if resent:
             params["resent"] = resent
         if commit.consumed:
@@ -218,10 +214,10 @@ class PostgresStore(SQLAlchemyStore):
                     f"o{i}_seq": e.seq,
                     f"o{i}_state": State(e.state).value,
                     f"o{i}_output": e.output,
-                    f"o{i}_failure": _failure_text(e.failure),
-                    f"o{i}_completed_at": _aware(e.completed_at, "completed_at"),
+                    f"o{i}_failure": failure_text(e.failure),
+                    f"o{i}_completed_at": aware(e.completed_at, "completed_at"),
                     f"o{i}_attempts": e.attempts,
-                    f"o{i}_started_at": _aware(e.started_at, "started_at"),
+                    f"o{i}_started_at": aware(e.started_at, "started_at"),
                 }
             )
         for i, e in enumerate(commit.new_events):
@@ -233,12 +229,12 @@ class PostgresStore(SQLAlchemyStore):
                     f"n{i}_input": e.input,
                     f"n{i}_state": State(e.state).value,
                     f"n{i}_output": e.output,
-                    f"n{i}_failure": _failure_text(e.failure),
-                    f"n{i}_scheduled_at": _aware(e.scheduled_at, "scheduled_at"),
-                    f"n{i}_started_at": _aware(e.started_at, "started_at"),
-                    f"n{i}_completed_at": _aware(e.completed_at, "completed_at"),
+                    f"n{i}_failure": failure_text(e.failure),
+                    f"n{i}_scheduled_at": aware(e.scheduled_at, "scheduled_at"),
+                    f"n{i}_started_at": aware(e.started_at, "started_at"),
+                    f"n{i}_completed_at": aware(e.completed_at, "completed_at"),
                     f"n{i}_attempts": e.attempts,
-                    f"n{i}_heartbeat_at": _aware(e.heartbeat_at, "heartbeat_at"),
+                    f"n{i}_heartbeat_at": aware(e.heartbeat_at, "heartbeat_at"),
                 }
             )
         sql = _commit_sql(
@@ -257,8 +253,8 @@ class PostgresStore(SQLAlchemyStore):
         params = {
             "id": instance_id,
             "seq": seq,
-            "at": _aware(at, "at"),
-            "wake_by": _aware(wake_by, "wake_by"),
+            "at": aware(at, "at"),
+            "wake_by": aware(wake_by, "wake_by"),
         }
         with self._read() as conn:
             beat = conn.exec_driver_sql(_HEARTBEAT, params).scalar_one()
@@ -272,8 +268,8 @@ class PostgresStore(SQLAlchemyStore):
             "id": instance_id,
             "name": name,
             "payload": payload,
-            "at": _aware(at, "at"),
-            "wake_by": _aware(wake_by, "wake_by"),
+            "at": aware(at, "at"),
+            "wake_by": aware(wake_by, "wake_by"),
         }
         with self._read() as conn:
             row = conn.exec_driver_sql(_SEND_SIGNAL, params).one_or_none()
@@ -291,8 +287,8 @@ class PostgresStore(SQLAlchemyStore):
     def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
         """Claim due instances as one statement (see ``Store.claim_due``)."""
         params = {
-            "now": _aware(now, "now"),
-            "lease_until": _aware(lease_until, "lease_until"),
+            "now": aware(now, "now"),
+            "lease_until": aware(lease_until, "lease_until"),
             "limit": limit,
         }
         if limit <= 0:

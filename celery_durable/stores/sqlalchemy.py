@@ -53,9 +53,7 @@ Processes
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -63,14 +61,12 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import (
-    URL,
     Connection,
     Engine,
     Executable,
-    RowMapping,
     bindparam,
     case,
     create_engine,
@@ -84,12 +80,21 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool, StaticPool
 
-from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
+from celery_durable.engine.journal import Event, Instance, Signal, State, Status
 from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
 from celery_durable.stores.base import Commit
+from celery_durable.stores.rows import (
+    aware,
+    event_from_row,
+    event_values,
+    failure_text,
+    instance_from_row,
+    instance_values,
+    outcome_values,
+    resent_seqs,
+)
 from celery_durable.stores.schema import (
     ACTIVE,
     SCHEMA_VERSION,
@@ -100,6 +105,7 @@ from celery_durable.stores.schema import (
     metadata,
     signals,
 )
+from celery_durable.stores.urls import mask, parse_url
 
 __all__ = ["SQLAlchemyStore"]
 
@@ -116,7 +122,6 @@ _SQLITE_DUE = (
 )
 _BEGIN_OPTION = "celery_durable_begin"
 _SCHEMA_LOCK_KEY = 0x6475_7261_626C  # pg_advisory_xact_lock key: "durabl"
-_POSTGRES_HINT = "install the driver: pip install 'celery-durable[postgres]'"
 
 
 class _Abort(Exception):
@@ -137,8 +142,8 @@ class SQLAlchemyStore:
     """
 
     def __init__(self, url: str) -> None:
-        self._url = _parse_url(url)
-        self._display = _mask(self._url)
+        self._url = parse_url(url)
+        self._display = mask(self._url)
         self._sqlite = self._url.get_backend_name() == "sqlite"
         self._memory = self._sqlite and self._url.database in (None, "", ":memory:")
         self._engine: Engine | None = None
@@ -162,7 +167,7 @@ class SQLAlchemyStore:
 
     def create(self, instance: Instance) -> tuple[Instance, bool]:
         """Insert ``instance`` unless one with its id exists (see ``Store.create``)."""
-        values = _instance_values(instance)
+        values = instance_values(instance)
         try:
             with self._transaction(write=True) as conn:
                 conn.execute(insert(instances).values(**values))
@@ -180,7 +185,7 @@ class SQLAlchemyStore:
         with self._read() as conn:
             row = conn.execute(select(instances).where(instances.c.id == instance_id))
             found = row.mappings().one_or_none()
-        return None if found is None else _instance_from_row(found)
+        return None if found is None else instance_from_row(found)
 
     def load(self, instance_id: str) -> tuple[Instance, list[Event]] | None:
         """The instance and its events ordered by ``seq``, from one snapshot, or ``None``.
@@ -198,8 +203,8 @@ class SQLAlchemyStore:
             rows = conn.execute(query).mappings().all()
         if not rows:
             return None
-        found = [_event_from_row(row) for row in rows if row["e_seq"] is not None]
-        return _instance_from_row(rows[0]), found
+        found = [event_from_row(row) for row in rows if row["e_seq"] is not None]
+        return instance_from_row(rows[0]), found
 
     def commit(self, commit: Commit) -> bool:
         """Apply ``commit`` in one transaction if the version still matches.
@@ -213,16 +218,16 @@ class SQLAlchemyStore:
             "version": instances.c.version + 1,
             "status": Status(commit.status).value,
             "output": commit.output,
-            "failure": _failure_text(commit.failure),
-            "updated_at": _aware(commit.updated_at, "updated_at"),
-            "wake_at": _aware(commit.wake_at, "wake_at"),
+            "failure": failure_text(commit.failure),
+            "updated_at": aware(commit.updated_at, "updated_at"),
+            "wake_at": aware(commit.wake_at, "wake_at"),
             "custom_status": commit.custom_status,
         }
         if commit.consumed:
             instance_values["inbox"] = instances.c.inbox - len(commit.consumed)
-        outcomes = [_outcome_values(outcome) for outcome in commit.outcomes]
-        resent = _resent_seqs(commit)
-        new_events = [_event_values(commit.instance_id, e) for e in commit.new_events]
+        outcomes = [outcome_values(outcome) for outcome in commit.outcomes]
+        resent = resent_seqs(commit)
+        new_events = [event_values(commit.instance_id, e) for e in commit.new_events]
         try:
             with self._transaction(write=True) as conn:
                 moved = conn.execute(
@@ -293,8 +298,8 @@ class SQLAlchemyStore:
         (``synchronous_commit = off``): a beat lost in a database crash is harmless, and
         every running step sends one every few seconds.
         """
-        at = _aware(at, "at")
-        wake_by = _aware(wake_by, "wake_by")
+        at = aware(at, "at")
+        wake_by = aware(wake_by, "wake_by")
         with self._transaction(write=True) as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SET LOCAL synchronous_commit = off"))
@@ -339,8 +344,8 @@ class SQLAlchemyStore:
         One transaction that locks the instance row first (``FOR UPDATE``; SQLite's
         ``BEGIN IMMEDIATE`` locks the database), as a commit does.
         """
-        at = _aware(at, "at")
-        wake_by = _aware(wake_by, "wake_by")
+        at = aware(at, "at")
+        wake_by = aware(wake_by, "wake_by")
         with self._transaction(write=True) as conn:
             row = (
                 conn.execute(
@@ -351,7 +356,7 @@ class SQLAlchemyStore:
             )
             if row is None:
                 return None
-            before = _instance_from_row(row)
+            before = instance_from_row(row)
             if before.status.is_terminal:
                 return before
             conn.execute(
@@ -392,8 +397,8 @@ class SQLAlchemyStore:
         it returns (``FOR UPDATE SKIP LOCKED``: a concurrent claimer skips them, and once
         this transaction commits they are no longer due).
         """
-        now = _aware(now, "now")
-        lease_until = _aware(lease_until, "lease_until")
+        now = aware(now, "now")
+        lease_until = aware(lease_until, "lease_until")
         if limit <= 0:
             return []
         due: Executable
@@ -433,7 +438,7 @@ class SQLAlchemyStore:
         )
         with self._transaction() as conn:
             rows = conn.execute(query).mappings().all()
-        return [_instance_from_row(row) for row in rows]
+        return [instance_from_row(row) for row in rows]
 
     def close(self) -> None:
         """Close the connections; the next call reconnects.
@@ -608,186 +613,6 @@ class SQLAlchemyStore:
                 f"version {SCHEMA_VERSION} this celery_durable knows: upgrade celery_durable "
                 "(pip install -U celery-durable) in every process that uses this store"
             )
-
-
-# ---------------------------------------------------------------------- URLs
-
-
-def _parse_url(raw: str) -> URL:
-    """Parse and check a store URL; every problem is a ConfigurationError."""
-    try:
-        url = make_url(raw)
-    except (sa_exc.ArgumentError, ValueError) as exc:
-        raise ConfigurationError(
-            f"store URL {_mask_text(raw)!r} is not a database URL "
-            "(expected e.g. 'sqlite:///durable.sqlite3' or "
-            "'postgresql+psycopg://user@host/db')"
-        ) from exc
-    backend, _, driver = url.drivername.partition("+")
-    if backend in ("postgres", "postgresql"):
-        url = url.set(drivername=f"postgresql+{driver or 'psycopg'}")
-    try:
-        dialect = url.get_dialect()
-    except sa_exc.NoSuchModuleError as exc:
-        raise ConfigurationError(
-            f"store URL {_mask(url)}: unknown database {url.drivername!r}; use "
-            "'sqlite:///path.sqlite3', 'postgresql+psycopg://user@host/db' or another "
-            "SQLAlchemy dialect"
-        ) from exc
-    if getattr(dialect, "is_async", False):
-        raise ConfigurationError(
-            f"store URL {_mask(url)}: {url.drivername!r} is an asyncio driver; the store "
-            "needs a blocking one, e.g. 'postgresql+psycopg://' or 'sqlite://'"
-        )
-    try:
-        dialect.import_dbapi()
-    except ImportError as exc:
-        hint = (
-            _POSTGRES_HINT
-            if url.get_backend_name() == "postgresql"
-            else f"install the driver for {url.drivername!r} ({exc})"
-        )
-        raise ConfigurationError(
-            f"store URL {_mask(url)}: the database driver is not installed; {hint}"
-        ) from exc
-    if url.get_backend_name() == "sqlite":
-        url = _absolute_sqlite(url)
-    return url
-
-
-def _absolute_sqlite(url: URL) -> URL:
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return url
-    return url.set(database=os.path.abspath(database))
-
-
-def _mask(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-def _mask_text(raw: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", raw)
-
-
-# ---------------------------------------------------------------------- rows
-
-
-@overload
-def _aware(value: datetime, name: str) -> datetime: ...
-@overload
-def _aware(value: datetime | None, name: str) -> datetime | None: ...
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.utcoffset() is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime (UTC), got {value!r}")
-    return value
-
-
-def _failure_text(failure: Failure | None) -> str | None:
-    return None if failure is None else json.dumps(failure.to_dict())
-
-
-def _failure_from(value: str | None) -> Failure | None:
-    return None if value is None else Failure.from_dict(json.loads(value))
-
-
-def _instance_values(instance: Instance) -> dict[str, Any]:
-    return {
-        "id": instance.id,
-        "workflow": instance.workflow,
-        "status": Status(instance.status).value,
-        "input": instance.input,
-        "serializer": instance.serializer,
-        "version": instance.version,
-        "created_at": _aware(instance.created_at, "created_at"),
-        "updated_at": _aware(instance.updated_at, "updated_at"),
-        "output": instance.output,
-        "failure": _failure_text(instance.failure),
-        "wake_at": _aware(instance.wake_at, "wake_at"),
-        "custom_status": instance.custom_status,
-        "parent_id": instance.parent_id,
-        "inbox": instance.inbox,
-    }
-
-
-def _instance_from_row(row: RowMapping) -> Instance:
-    return Instance(
-        id=row["id"],
-        workflow=row["workflow"],
-        status=Status(row["status"]),
-        input=row["input"],
-        serializer=row["serializer"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        version=row["version"],
-        output=row["output"],
-        failure=_failure_from(row["failure"]),
-        wake_at=row["wake_at"],
-        custom_status=row["custom_status"],
-        parent_id=row["parent_id"],
-        inbox=row["inbox"],
-    )
-
-
-def _event_values(instance_id: str, e: Event) -> dict[str, Any]:
-    return {
-        "instance_id": instance_id,
-        "seq": e.seq,
-        "kind": Kind(e.kind).value,
-        "name": e.name,
-        "input": e.input,
-        "state": State(e.state).value,
-        "output": e.output,
-        "failure": _failure_text(e.failure),
-        "scheduled_at": _aware(e.scheduled_at, "scheduled_at"),
-        "started_at": _aware(e.started_at, "started_at"),
-        "completed_at": _aware(e.completed_at, "completed_at"),
-        "attempts": e.attempts,
-        "heartbeat_at": _aware(e.heartbeat_at, "heartbeat_at"),
-    }
-
-
-def _resent_seqs(commit: Commit) -> list[int]:
-    """The seqs whose sign of life ``commit`` renews: its ``resent`` steps, except those
-    it journals an outcome for (final once it applies; PostgreSQL also cannot update one
-    row twice in a statement)."""
-    journaled = {e.seq for e in commit.outcomes}
-    return sorted({seq for seq in commit.resent if seq not in journaled})
-
-
-def _outcome_values(e: Event) -> tuple[int, dict[str, Any]]:
-    if not State(e.state).is_final:
-        raise ValueError(f"outcome for event {e.seq} has state {e.state!r}, not a final one")
-    values: dict[str, Any] = {
-        "state": State(e.state).value,
-        "output": e.output,
-        "failure": _failure_text(e.failure),
-        "completed_at": _aware(e.completed_at, "completed_at"),
-        # A worker reports the attempts it knows of; the journal keeps the larger count.
-        "attempts": case((events.c.attempts > e.attempts, events.c.attempts), else_=e.attempts),
-    }
-    if e.started_at is not None:
-        values["started_at"] = _aware(e.started_at, "started_at")
-    return e.seq, values
-
-
-def _event_from_row(row: RowMapping) -> Event:
-    """An event from a row of :meth:`SQLAlchemyStore.load` (columns labelled ``e_*``)."""
-    prefix = "e_"
-    return Event(
-        seq=row[f"{prefix}seq"],
-        kind=Kind(row[f"{prefix}kind"]),
-        name=row[f"{prefix}name"],
-        input=row[f"{prefix}input"],
-        state=State(row[f"{prefix}state"]),
-        scheduled_at=row[f"{prefix}scheduled_at"],
-        output=row[f"{prefix}output"],
-        failure=_failure_from(row[f"{prefix}failure"]),
-        started_at=row[f"{prefix}started_at"],
-        completed_at=row[f"{prefix}completed_at"],
-        attempts=row[f"{prefix}attempts"],
-        heartbeat_at=row[f"{prefix}heartbeat_at"],
-    )
 
 
 def _use_wal(cursor: Any) -> None:
