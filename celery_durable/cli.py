@@ -138,6 +138,39 @@ def retry(runtime: Durable, workflow_id: str) -> None:
     click.echo(f"workflow {workflow_id}: stuck -> running; a worker replays it")
 
 
+@durable.command()
+@click.argument("workflow_id")
+@click.argument("name")
+@click.argument("payload", required=False)
+@pass_durable
+def signal(runtime: Durable, workflow_id: str, name: str, payload: str | None) -> None:
+    """Send signal NAME to a workflow; PAYLOAD is JSON (a bare word is a string)."""
+    value: Any = None
+    if payload is not None:
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            value = payload
+    runtime.signal(workflow_id, name, value)
+    click.echo(f"workflow {workflow_id}: signal {name!r} sent")
+
+
+@durable.command()
+@click.argument("workflow_id")
+@click.option("--terminate", is_flag=True, help="Stop at once, without running compensations.")
+@pass_durable
+def cancel(runtime: Durable, workflow_id: str, terminate: bool) -> None:
+    """Cancel a workflow (its compensations run), or terminate it (--terminate)."""
+    done = runtime.terminate(workflow_id) if terminate else runtime.cancel(workflow_id)
+    if not done:
+        status = runtime.handle(workflow_id).status()
+        click.echo(f"workflow {workflow_id} is already {status}: nothing to do")
+    elif terminate:
+        click.echo(f"workflow {workflow_id}: terminated")
+    else:
+        click.echo(f"workflow {workflow_id}: cancellation requested; a worker compensates")
+
+
 # -- formatting ----------------------------------------------------------------------
 def _time(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""

@@ -23,7 +23,7 @@ from celery_durable.errors import (
     WorkflowNotFound,
     WorkflowStuck,
 )
-from celery_durable.stores.base import Store
+from celery_durable.stores.base import Commit, Store
 
 R = TypeVar("R")
 
@@ -168,6 +168,14 @@ class WorkflowHandle(Generic[R]):
         """Send the workflow the signal ``name``; see :func:`send_signal`."""
         send_signal(self._runtime, self.id, name, payload)
 
+    def cancel(self) -> bool:
+        """Cancel the workflow; see :func:`cancel`."""
+        return cancel(self._runtime, self.id)
+
+    def terminate(self, reason: str = "terminated") -> bool:
+        """Stop the workflow without running more of its code; see :func:`terminate`."""
+        return terminate(self._runtime, self.id, reason)
+
     def result(self, timeout: float | None = None, interval: float = 0.25) -> R:
         """Wait for the workflow to finish and return its result.
 
@@ -177,7 +185,8 @@ class WorkflowHandle(Generic[R]):
                 fast and backs off to this).
 
         Raises:
-            WorkflowFailed: the workflow ended with an exception; ``.type`` names it.
+            WorkflowFailed: the workflow ended with an exception; ``.type`` names it
+                (``"WorkflowCancelled"`` / ``"WorkflowTerminated"`` for a cancelled one).
             WorkflowStuck: the workflow is parked (e.g. changed code); ``.type`` and
                 ``.message`` say why.
             TimeoutError: still running after ``timeout`` seconds.
@@ -196,6 +205,9 @@ class WorkflowHandle(Generic[R]):
                 raise WorkflowFailed(failure.type, failure.message, failure.details)
             if instance.status is Status.STUCK:
                 raise WorkflowStuck(failure.type, failure.message, failure.details)
+            if instance.status is Status.CANCELLED:
+                # .type says which: "WorkflowCancelled" or "WorkflowTerminated".
+                raise WorkflowFailed(failure.type, failure.message, failure.details)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"workflow {self.id} ({instance.workflow}) is still {instance.status.value} "
@@ -349,6 +361,62 @@ def send_signal(runtime: Runtime, workflow_id: str, name: str, payload: Any = No
         )
     if before.status is not Status.STUCK:
         runtime.send_resume(workflow_id)
+
+
+def cancel(runtime: Runtime, workflow_id: str) -> bool:
+    """Ask a workflow to stop: its next pass throws
+    :class:`~celery_durable.errors.WorkflowCancelled` into it at the ``await`` it is
+    blocked on, so ``ctx.saga()`` compensations and ``finally`` blocks run as durable code;
+    if the exception propagates, the instance ends ``cancelled``. A running step is not
+    interrupted: its outcome is journaled when it ends.
+
+    Returns:
+        ``True`` if the cancellation was requested; ``False`` if the workflow had already
+        finished (nothing to do).
+
+    Raises:
+        WorkflowNotFound: no such instance.
+    """
+    now = runtime.now()
+    before = runtime.store.request_cancel(workflow_id, now + runtime.redrive_after)
+    if before is None:
+        raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
+    if before.status.is_terminal:
+        return False
+    if before.status is not Status.STUCK:
+        runtime.send_resume(workflow_id)
+    return True
+
+
+def terminate(runtime: Runtime, workflow_id: str, reason: str = "terminated") -> bool:
+    """End a workflow now, as ``cancelled``, without running any more of its code (no
+    compensation). Outcomes of steps still running are journaled when they end.
+
+    Returns:
+        ``True`` if it was terminated; ``False`` if it had already finished.
+
+    Raises:
+        WorkflowNotFound: no such instance.
+    """
+    while True:
+        instance = runtime.store.get(workflow_id)
+        if instance is None:
+            raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
+        if instance.status.is_terminal:
+            return False
+        if runtime.store.commit(
+            Commit(
+                instance_id=workflow_id,
+                expected_version=instance.version,
+                status=Status.CANCELLED,
+                updated_at=runtime.now(),
+                failure=Failure("WorkflowTerminated", reason),
+                custom_status=instance.custom_status,
+            )
+        ):
+            if instance.parent_id:
+                runtime.send_resume(instance.parent_id)
+            return True
 
 
 def utcnow() -> datetime:

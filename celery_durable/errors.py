@@ -14,6 +14,9 @@ The tree::
     ├── ConfigurationError      a setting or store URL that cannot be used
     └── StoreError              the store failed or is out of reach
         └── SchemaVersionError  the store's schema is newer than this library
+
+    WorkflowCancelled (a BaseException, like asyncio.CancelledError: a bare
+    ``except Exception`` in workflow code does not swallow it)
 """
 
 from __future__ import annotations
@@ -102,3 +105,13 @@ class StoreError(DurableError):
 
 class SchemaVersionError(StoreError):
     """The store's schema was written by a newer celery_durable than this one."""
+
+
+class WorkflowCancelled(BaseException):
+    """Thrown into a workflow at the ``await`` it is blocked on when ``handle.cancel()``
+    is called, so that it can compensate (``ctx.saga()`` blocks run their compensations).
+
+    It derives from :class:`BaseException`, not :class:`Exception`, so that a bare
+    ``except Exception`` does not swallow it. If it propagates out of the workflow, the
+    instance ends ``cancelled``; a workflow that catches it and returns ends ``completed``.
+    """

@@ -1,7 +1,7 @@
 """What workflow code awaits: the ``ctx`` commands and their combinations.
 
-A *command* (:class:`_Command`: a step, a local run, a timer, a signal wait) is one
-journal event. Its
+A *command* (:class:`_Command`: a step, a local run, a timer, a signal wait, a child
+workflow, the point of a cancellation) is one journal event. Its
 ``__await__`` yields the command itself to the replay driver
 (:mod:`celery_durable.engine.replay`), which gives it the next ``seq``, matches it against
 the journal and sends back its outcome. A *combination* (:class:`_Gather`,
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from celery_durable.engine.commands import ScheduleStep
+from celery_durable.engine.commands import ScheduleStep, StartChild
 from celery_durable.engine.journal import Event, Failure, Kind, State
 from celery_durable.engine.serialization import Codec
 from celery_durable.errors import SerializationError
@@ -95,8 +95,9 @@ class _Command(_Awaitable):
         """The journal record of this command, issued for the first time at ``seq``."""
         raise NotImplementedError
 
-    def dispatch(self, seq: int) -> ScheduleStep | None:
-        """The message to send once :meth:`new_event` is committed, if the command needs one."""
+    def dispatch(self, seq: int) -> ScheduleStep | StartChild | None:
+        """What the runtime must do once :meth:`new_event` is committed, if anything: send
+        a step, or create a child instance."""
         return None
 
 
@@ -119,7 +120,7 @@ class _StepCommand(_Command):
     def new_event(self, seq: int, now: datetime) -> Event:
         return Event(seq, self.kind, self.name, self.input, State.SCHEDULED, scheduled_at=now)
 
-    def dispatch(self, seq: int) -> ScheduleStep | None:
+    def dispatch(self, seq: int) -> ScheduleStep | StartChild | None:
         return ScheduleStep(seq, self.name, self.args, self.kwargs)
 
 
@@ -205,6 +206,98 @@ class _SignalCommand(_Command):
 
     def new_event(self, seq: int, now: datetime) -> Event:
         return Event(seq, self.kind, self.name, self.input, State.SCHEDULED, scheduled_at=now)
+
+
+class _ChildCommand(_Command):
+    """A child workflow, named after its workflow; ``input`` is the encoded ``[args, kwargs]``
+    the child starts with (what :class:`StartChild` carries).
+
+    Its journal event's input is ``[[child_id, *args], kwargs]``: the child id is fixed
+    when the command is first issued (by default ``"<parent id>:<seq>"``).
+    """
+
+    kind = Kind.CHILD
+    verb = "child"
+
+    def __init__(
+        self,
+        owner: WorkflowContext,
+        name: str,
+        input: str,  # noqa: A002
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workflow_id: str | None,
+        codec: Codec,
+    ) -> None:
+        super().__init__(owner, name, input)
+        self.args = args
+        self.kwargs = kwargs
+        self.workflow_id = workflow_id
+        self.codec = codec
+
+    def child_id(self, seq: int) -> str:
+        """The child's workflow id when issued at ``seq``."""
+        if self.workflow_id is not None:
+            return self.workflow_id
+        return f"{self.owner.workflow_id}:{seq}"
+
+    def new_event(self, seq: int, now: datetime) -> Event:
+        encoded = _encode_call(
+            self.codec,
+            f"child workflow {self.name!r}",
+            (self.child_id(seq), *self.args),
+            self.kwargs,
+        )
+        return Event(seq, self.kind, self.name, encoded, State.SCHEDULED, scheduled_at=now)
+
+    def dispatch(self, seq: int) -> ScheduleStep | StartChild | None:
+        return StartChild(seq, self.child_id(seq), self.name, self.input)
+
+
+def decode_child_id(codec: Codec, data: str | None) -> str:
+    """The child workflow id a CHILD event's input ``[[child_id, *args], kwargs]`` holds.
+
+    Raises:
+        ValueError: the input is not such a pair.
+    """
+    if data is None:
+        raise ValueError("the child event has no input")
+    decoded = codec.loads(data)
+    try:
+        [[child_id, *_args], _kwargs] = decoded
+    except (TypeError, ValueError):
+        raise ValueError(f"{decoded!r} is not a [[child_id, *args], kwargs] pair") from None
+    if not isinstance(child_id, str):
+        raise ValueError(f"the child id {child_id!r} is not a string")
+    return child_id
+
+
+class _CancelCommand(_Command):
+    """Where a requested cancellation was thrown into the workflow (issued by the driver,
+    never by workflow code): journaled completed, with no input."""
+
+    kind = Kind.CANCEL
+    verb = "cancel"
+
+    def __init__(self, owner: WorkflowContext) -> None:
+        super().__init__(owner, "cancel", "")
+
+    def new_event(self, seq: int, now: datetime) -> Event:
+        return Event(
+            seq, self.kind, self.name, None, State.COMPLETED, scheduled_at=now, completed_at=now
+        )
+
+
+class _ContinueAsNew(BaseException):
+    """Raised by ``ctx.continue_as_new()``; the replay driver turns it into a restart.
+
+    A :class:`BaseException` so that workflow code's ``except Exception`` does not stop it
+    (and ``ctx.saga()`` blocks do not compensate for it).
+    """
+
+    def __init__(self, input: str) -> None:  # noqa: A002
+        super().__init__("ctx.continue_as_new()")
+        self.input = input
 
 
 def _encode_fire_time(

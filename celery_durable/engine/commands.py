@@ -23,6 +23,17 @@ class ScheduleStep:
     kwargs: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class StartChild:
+    """Create the child instance ``workflow_id`` of workflow ``workflow`` with the encoded
+    ``[args, kwargs]`` ``input``, for the CHILD event ``seq`` of its parent."""
+
+    seq: int
+    workflow_id: str
+    workflow: str
+    input: str
+
+
 @dataclass
 class Decision:
     """The outcome of replaying a workflow over its journal.
@@ -50,6 +61,11 @@ class Decision:
     failure: Failure | None = None
     fired: list[Event] = field(default_factory=list)
     wake_at: datetime | None = None
+    children: list[StartChild] = field(default_factory=list)
+    """Child instances to create (idempotently) once this pass is committed."""
+    restart_input: str | None = None
+    """``ctx.continue_as_new(...)``: the encoded ``[args, kwargs]`` the instance restarts
+    with, under the same id, with an empty journal (status RUNNING)."""
     consumed: list[tuple[int, int]] = field(default_factory=list)
     """Signals this pass consumed: ``(signal id, seq of the wait that took it)``; the
     commit marks them consumed (exactly once) with the wait's outcome."""

@@ -1,7 +1,7 @@
 """The workflow context: what workflow code awaits, and its deterministic helpers.
 
-Every ``ctx`` command (``ctx.step``, ``ctx.run``, ``ctx.sleep``, ``ctx.wait_signal``, and
-their combinations
+Every ``ctx`` command (``ctx.step``, ``ctx.run``, ``ctx.sleep``, ``ctx.wait_signal``,
+``ctx.child``, and their combinations
 ``ctx.gather``, ``ctx.first``) is an awaitable (:mod:`celery_durable.engine.awaitables`)
 whose ``__await__`` yields it to the replay driver (:mod:`celery_durable.engine.replay`),
 which gives it its ``seq``, matches it against the journal and sends back its outcome.
@@ -18,9 +18,11 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from celery_durable.engine.awaitables import (
+    _ChildCommand,
+    _ContinueAsNew,
     _Cursor,
     _encode_call,
     _encode_fire_time,
@@ -365,6 +367,87 @@ class WorkflowContext:
             )
         encoded = _encode_call(self._codec, f"ctx.run({name})", args, kwargs)
         return _RunCommand(self, name, encoded, fn, tuple(args), dict(kwargs), self._codec)
+
+    def child(
+        self, workflow: Any, /, *args: Any, workflow_id: str | None = None, **kwargs: Any
+    ) -> Awaitable[Any]:
+        """Start a child workflow and return its result once it has ended.
+
+        The child is an instance of its own (its own journal, steps and retries), created
+        once this pass is committed; the parent waits without holding anything. The call
+        is journaled under the child's workflow name, with its id and arguments: on later
+        passes the same child is awaited, never started twice. Like other commands it can
+        be passed to :meth:`gather` (children run in parallel) and :meth:`first`.
+
+        Args:
+            workflow: the child's registered workflow (an object with a ``name``, such as
+                the one ``@durable.workflow`` returns), or its registered name.
+            *args: positional arguments for the child; they must be serializable.
+            workflow_id: the child's workflow id; by default ``"<parent id>:<seq>"``
+                (``seq`` being the call's position in the parent's journal), the same on
+                every replay.
+            **kwargs: keyword arguments for the child; they must be serializable.
+
+        Returns:
+            An awaitable giving the child's result, decoded by the instance's serializer.
+
+        Raises:
+            StepFailed: (when awaited) the child failed (``.type`` is the type of its
+                failure, e.g. ``"TransferFailed"``) or was cancelled (``.type`` is
+                ``"WorkflowCancelled"``).
+            SerializationError: the arguments cannot be encoded; nothing is journaled.
+            TypeError: ``workflow`` is neither a workflow nor a name, or ``workflow_id``
+                is not a string.
+            ValueError: ``workflow_id`` is empty.
+        """
+        name: Any = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
+        if not isinstance(name, str):
+            raise TypeError(
+                f"ctx.child() needs a registered workflow or a workflow name, got {workflow!r}"
+            )
+        if workflow_id is not None:
+            if not isinstance(workflow_id, str):
+                raise TypeError(
+                    f"ctx.child() takes workflow_id as a str, got {type(workflow_id).__name__!r}"
+                )
+            if not workflow_id:
+                raise ValueError("ctx.child() needs a non-empty workflow_id (or None)")
+        encoded = _encode_call(self._codec, f"child workflow {name!r}", args, kwargs)
+        return _ChildCommand(
+            self, name, encoded, tuple(args), dict(kwargs), workflow_id, self._codec
+        )
+
+    def continue_as_new(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """End this run and restart the workflow with a fresh journal and new arguments.
+
+        Not awaited: the call does not return. The instance keeps its workflow id and
+        starts again from the top, called with ``args`` and ``kwargs``, over an empty
+        journal; the commands of the pass that calls it are not journaled. Eternal
+        workflows (schedules, polling loops, actors fed by signals) use it to keep their
+        journal, and so their replays, bounded: carry the state that matters in the
+        arguments. Signals not consumed yet stay in the inbox for the new run.
+
+        It raises a :class:`BaseException` that the engine catches: do not catch it with
+        a bare ``except BaseException`` (``except Exception`` and ``ctx.saga()`` blocks
+        let it through).
+
+        Args:
+            *args: positional arguments of the new run; they must be serializable.
+            **kwargs: keyword arguments of the new run; they must be serializable.
+
+        Raises:
+            SerializationError: the arguments cannot be encoded (a normal exception,
+                raised here; the workflow goes on).
+
+        Example::
+
+            async def ticker(ctx, count):
+                await ctx.sleep(timedelta(hours=1))
+                await ctx.step(tick, count)
+                ctx.continue_as_new(count + 1)
+        """
+        encoded = _encode_call(self._codec, "ctx.continue_as_new()", args, kwargs)
+        raise _ContinueAsNew(encoded)
 
     def gather(self, *awaitables: Awaitable[Any]) -> Awaitable[list[Any]]:
         """Wait for several commands at once (fan-out / fan-in) and return all their results.

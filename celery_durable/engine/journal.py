@@ -25,11 +25,13 @@ class Status(str, Enum):
     FAILED = "failed"
     STUCK = "stuck"
     """Parked: replay cannot go on (changed code); the journal is kept for a retry."""
+    CANCELLED = "cancelled"
+    """Ended by ``handle.cancel()`` (after its compensations) or ``handle.terminate()``."""
 
     @property
     def is_terminal(self) -> bool:
         """True for the states an instance never leaves by itself."""
-        return self in (Status.COMPLETED, Status.FAILED)
+        return self in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
 
 class Kind(str, Enum):
@@ -41,6 +43,11 @@ class Kind(str, Enum):
     """A local function run inline by the orchestrator (``ctx.run``)."""
     TIMER = "timer"
     """A durable timer (``ctx.sleep``, ``ctx.sleep_until``); its input holds the fire time."""
+    CHILD = "child"
+    """A child workflow (``ctx.child``): named after the child's workflow; its input holds
+    ``[[child_id, *args], kwargs]`` and its outcome is the child's result or failure."""
+    CANCEL = "cancel"
+    """The point where a requested cancellation was thrown into the workflow."""
     SIGNAL = "signal"
     """A wait for an external signal (``ctx.wait_signal``); named after the signal, its
     input holds the deadline (or None) and its output the payload received."""
@@ -141,6 +148,8 @@ class Instance:
         custom_status: an encoded value set by the workflow for observers.
         parent_id: the parent instance of a child workflow.
         inbox: how many signals were sent to the instance and not consumed yet.
+        cancel_requested: ``handle.cancel()`` was called; the next pass throws
+            :class:`~celery_durable.errors.WorkflowCancelled` into the workflow.
     """
 
     id: str
@@ -157,6 +166,7 @@ class Instance:
     custom_status: str | None = None
     parent_id: str | None = None
     inbox: int = 0
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True)

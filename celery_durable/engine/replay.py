@@ -11,8 +11,16 @@ its name in the inbox that no earlier wait took in the pass (:attr:`Decision.con
 or times out once its deadline has passed, or waits (its deadline, if any, counts as a
 timer's fire time). ``ctx.gather`` and ``ctx.first`` give each of
 their commands the next seq in argument order and wait on all of them; a race journals
-its winner as one more event (see :meth:`WorkflowContext.first`). Nothing here performs
-I/O: the runtime commits the decision and sends its messages.
+its winner as one more event (see :meth:`WorkflowContext.first`). A pending child
+workflow resolves with the child's outcome once the runtime hands the ended child in.
+
+Cancellation: when a cancel is requested and the journal holds no CANCEL event yet, the
+pass journals one at the point where the workflow blocks (the frontier) and throws
+:class:`~celery_durable.errors.WorkflowCancelled` into it there; the workflow goes on
+(compensations may run) and ends CANCELLED if it lets the exception out. A replay throws
+it again at the await whose commands are followed by the journaled CANCEL event.
+``ctx.continue_as_new()`` ends the pass with a restart (:attr:`Decision.restart_input`).
+Nothing here performs I/O: the runtime commits the decision and sends its messages.
 """
 
 from __future__ import annotations
@@ -20,25 +28,40 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import reprlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 from celery_durable.engine.awaitables import (
     _Awaitable,
+    _CancelCommand,
+    _Combination,
     _Command,
+    _ContinueAsNew,
     _Cursor,
     _First,
     _Gather,
+    decode_child_id,
     decode_deadline,
     decode_fire_time,
 )
-from celery_durable.engine.commands import Decision, ScheduleStep
+from celery_durable.engine.children import child_outcome
+from celery_durable.engine.commands import Decision, ScheduleStep, StartChild
 from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.engine.serialization import Codec
-from celery_durable.errors import NonDeterminismError, SignalTimeout, StepFailed
+from celery_durable.errors import (
+    NonDeterminismError,
+    SignalTimeout,
+    StepFailed,
+    WorkflowCancelled,
+)
+
+T = TypeVar("T")
+
+_NO_CHILDREN: Mapping[str, Instance] = MappingProxyType({})
 
 _FIX = (
     "Deploy code that replays this journal (or restore the previous code), then retry the instance."
@@ -68,6 +91,8 @@ def replay(
     now: datetime,
     resolve_step: Callable[[Any], str] = task_name,
     signals: Sequence[Signal] = (),
+    children: Mapping[str, Instance] = _NO_CHILDREN,
+    cancel_requested: bool = False,
 ) -> Decision:
     """Run one orchestrator pass of ``workflow`` over its journal.
 
@@ -85,17 +110,31 @@ def replay(
         signals: the instance's inbox: the signals sent to it and not consumed yet,
             oldest first. The waits this pass resolves with them are listed in the
             decision's ``consumed``; the others stay for later passes.
+        children: the child instances of the journal's pending CHILD events, by id (a
+            child missing here counts as still running). An ended child resolves its
+            event: COMPLETED gives its output; FAILED or CANCELLED fails the event with
+            the child's failure (the workflow gets ``StepFailed`` of that type).
+        cancel_requested: ``instance.cancel_requested``. If the journal holds no CANCEL
+            event yet, the pass journals one where the workflow blocks and throws
+            ``WorkflowCancelled`` into it there (a workflow that never blocks in the pass
+            is not interrupted).
 
     Returns:
         RUNNING with the new events and the steps to send when the workflow waits (and
         ``wake_at`` when it waits on a timer or a signal's deadline); COMPLETED with the
         encoded result; FAILED with the workflow's exception; STUCK (and nothing new to
         commit) when the code does not match its journal or awaits something other than a
-        ``ctx`` command. Every decision but STUCK carries the timers fired and the
-        journaled signal waits resolved in the pass (``fired``), and the signals consumed
-        (``consumed``).
+        ``ctx`` command; CANCELLED (failure type ``WorkflowCancelled``) when a
+        cancellation propagates out of the workflow. Every decision but STUCK and a
+        restart carries the timers fired, the journaled signal waits and children
+        resolved in the pass (``fired``), the children to start (``children``) and the
+        signals consumed (``consumed``). ``ctx.continue_as_new()`` gives RUNNING with
+        ``restart_input`` and nothing else but ``consumed`` (the signals the ending run
+        took are not delivered again).
     """
-    return _Pass(workflow, instance, events, codec, now, resolve_step, signals).run()
+    return _Pass(
+        workflow, instance, events, codec, now, resolve_step, signals, children, cancel_requested
+    ).run()
 
 
 def _describe(event: Event) -> str:
@@ -143,6 +182,8 @@ class _Part:
     the part is kept (``_Pass._keep``); a losing signal wait of a race is never kept."""
     signal: Signal | None = None
     """The inbox signal it takes, if resolved with one."""
+    child: Instance | None = None
+    """The ended child instance that resolved it, for a child workflow."""
 
 
 class _Pass:
@@ -155,6 +196,8 @@ class _Pass:
         now: datetime,
         resolve_step: Callable[[Any], str],
         signals: Sequence[Signal],
+        children: Mapping[str, Instance],
+        cancel_requested: bool,
     ) -> None:
         self.workflow = workflow
         self.instance = instance
@@ -165,6 +208,12 @@ class _Pass:
         self.ctx = WorkflowContext(instance, self.cursor, codec=codec, resolve_step=resolve_step)
         self.new_events: list[Event] = []
         self.steps: list[ScheduleStep] = []
+        self.started: list[StartChild] = []
+        self.children = children
+        self.cancel_pending = cancel_requested and not any(
+            event.kind == Kind.CANCEL for event in events
+        )
+        """A cancellation to throw where the workflow blocks, not journaled yet."""
         self.fired: list[Event] = []
         self.inbox = signals
         self.taken: set[int] = set()
@@ -213,6 +262,10 @@ class _Pass:
                 return self._completed(stop.value)
             except Exception as exc:
                 return self._failed(exc)
+            except WorkflowCancelled as exc:
+                return self._cancelled(exc)
+            except _ContinueAsNew as restart:
+                return self._restart(restart.input)
             resumed = self._resolve(self._command(yielded))
             if resumed is None:
                 return self._decision(Status.RUNNING)
@@ -241,21 +294,45 @@ class _Pass:
         return yielded
 
     def _resolve(self, awaited: _Awaitable) -> _Outcome | None:
-        """What the awaited command gives the workflow, or ``None`` if the workflow must wait."""
-        if isinstance(awaited, _Gather):
-            return self._gather(awaited)
-        if isinstance(awaited, _First):
-            return self._first(awaited)
-        if not isinstance(awaited, _Command):
-            raise TypeError(f"the engine cannot resolve {awaited.describe()}")
-        part = self._keep(self._settle(self._issue(awaited)))
-        if part.outcome is None:
-            self._wait_on([part])
-        return part.outcome
+        """What the awaited command gives the workflow, or ``None`` if the workflow must wait.
 
-    def _gather(self, gather: _Gather) -> _Outcome | None:
+        Its commands are issued first; if the journal then holds a CANCEL event, the
+        cancellation was thrown at this await: it is thrown again, whatever became of
+        the commands since. Otherwise, if the workflow must wait and a cancellation is
+        pending, it is journaled and thrown here.
+        """
+        if isinstance(awaited, _Combination):
+            events = [self._issue(command) for command in awaited.parts]
+        elif isinstance(awaited, _Command):
+            events = [self._issue(awaited)]
+        else:
+            raise TypeError(f"the engine cannot resolve {awaited.describe()}")
+        if self.cursor.in_journal and self.journal[self.cursor.seq].kind == Kind.CANCEL:
+            return self._cancel()
+        waits = len(self.timers)
+        if isinstance(awaited, _Gather):
+            outcome = self._gather(events)
+        elif isinstance(awaited, _First):
+            outcome = self._first(awaited, events)
+        else:
+            part = self._keep(self._settle(events[0]))
+            if part.outcome is None:
+                self._wait_on([part])
+            outcome = part.outcome
+        if outcome is None and self.cancel_pending and not self.cursor.in_journal:
+            del self.timers[waits:]  # the workflow no longer waits on them
+            return self._cancel()
+        return outcome
+
+    def _cancel(self) -> _Outcome:
+        """Journal (or replay) the CANCEL event at the next seq; throw the cancellation."""
+        self._issue(_CancelCommand(self.ctx))
+        self.cancel_pending = False
+        return _Outcome(error=WorkflowCancelled())
+
+    def _gather(self, events: list[Event]) -> _Outcome | None:
         """All results in argument order once every part is final, or the first failure."""
-        parts = [self._keep(self._settle(self._issue(command))) for command in gather.parts]
+        parts = [self._keep(self._settle(event)) for event in events]
         outcomes = [part.outcome for part in parts if part.outcome is not None]
         if len(outcomes) < len(parts):
             self._wait_on(parts)
@@ -265,9 +342,8 @@ class _Pass:
                 return outcome
         return _Outcome([outcome.value for outcome in outcomes])
 
-    def _first(self, race: _First) -> _Outcome | None:
+    def _first(self, race: _First, events: list[Event]) -> _Outcome | None:
         """``(index, result)`` of the race's winner: journaled when decided, then replayed."""
-        events = [self._issue(command) for command in race.parts]
         seqs = [event.seq for event in events]
         if self.cursor.in_journal:  # decided by an earlier pass, which journaled the winner
             index = self._recorded_winner(self._issue(race.record(self.codec, seqs, None)), seqs)
@@ -328,7 +404,9 @@ class _Pass:
             event = command.new_event(seq, self.now)
             self.new_events.append(event)
             message = command.dispatch(seq)
-            if message is not None:
+            if isinstance(message, StartChild):
+                self.started.append(message)
+            elif message is not None:
                 self.steps.append(message)
         self.cursor.seq += 1
         return event
@@ -344,6 +422,8 @@ class _Pass:
             return _Part(event, self._outcome_of(event))
         if event.kind == Kind.SIGNAL:
             return self._settle_signal(event) if resolve_signal else _Part(event)
+        if event.kind == Kind.CHILD:
+            return self._settle_child(event)
         if event.kind != Kind.TIMER:
             return _Part(event)
         fire_at = self._fire_time(event)  # the journaled fire time governs, not today's code
@@ -377,6 +457,15 @@ class _Pass:
             event, state=State.FAILED, output=None, failure=failure, completed_at=self.now
         )
         return _Part(event, self._outcome_of(timed_out), deadline, resolved=timed_out)
+
+    def _settle_child(self, event: Event) -> _Part:
+        """A pending child: its outcome once the child has ended, else still pending."""
+        child_id = self._event_input(event, decode_child_id, "the child id of the child workflow")
+        child = self.children.get(child_id)
+        ended = child_outcome(event, child, self.now)
+        if ended is None:
+            return _Part(event)
+        return _Part(event, self._outcome_of(ended), resolved=ended, child=child)
 
     def _keep(self, part: _Part) -> _Part:
         """Journal what the pass resolved for ``part`` (a timer fired, a signal wait).
@@ -419,6 +508,8 @@ class _Pass:
             return max(part.signal.sent_at, part.event.scheduled_at)
         if part.resolved is not None and part.fire_at is not None:
             return part.fire_at  # a signal wait that timed out in this pass
+        if part.child is not None:
+            return max(part.child.updated_at, part.event.scheduled_at)  # when it ended
         return part.event.completed_at or part.event.scheduled_at
 
     def _outcome_of(self, event: Event) -> _Outcome:
@@ -432,26 +523,21 @@ class _Pass:
         return _Outcome(self._decode(event.output, f"the result of seq {event.seq}"))
 
     def _deadline(self, event: Event) -> datetime | None:
-        try:
-            return decode_deadline(self.codec, event.input)
-        except Exception as exc:
-            raise _Stuck(
-                Failure(
-                    "SerializationError",
-                    f"cannot decode the deadline of the signal wait at seq {event.seq} of "
-                    f"{self.label} with the {self.codec.name!r} serializer: {exc}",
-                )
-            ) from exc
+        return self._event_input(event, decode_deadline, "the deadline of the signal wait")
 
     def _fire_time(self, event: Event) -> datetime:
+        return self._event_input(event, decode_fire_time, "the fire time of the timer")
+
+    def _event_input(self, event: Event, decode: Callable[[Codec, str | None], T], what: str) -> T:
+        """What ``decode`` reads in ``event``'s input; undecodable input parks the instance."""
         try:
-            return decode_fire_time(self.codec, event.input)
+            return decode(self.codec, event.input)
         except Exception as exc:
             raise _Stuck(
                 Failure(
                     "SerializationError",
-                    f"cannot decode the fire time of the timer at seq {event.seq} of "
-                    f"{self.label} with the {self.codec.name!r} serializer: {exc}",
+                    f"cannot decode {what} at seq {event.seq} of {self.label} with the "
+                    f"{self.codec.name!r} serializer: {exc}",
                 )
             ) from exc
 
@@ -478,6 +564,17 @@ class _Pass:
             failure = Failure.from_exception(exc)
         return self._decision(Status.FAILED, failure=_with_notes(failure, exc))
 
+    def _cancelled(self, exc: WorkflowCancelled) -> Decision:
+        self._check_consumed(f"was cancelled after {self.cursor.seq} commands")
+        failure = _with_notes(Failure("WorkflowCancelled", "cancelled"), exc)
+        return self._decision(Status.CANCELLED, failure=failure)
+
+    def _restart(self, restart_input: str) -> Decision:
+        # The new run starts over an empty journal: nothing of this pass is journaled,
+        # except that the signals it took are consumed (so the new run does not get them).
+        self._check_consumed(f"continued as new after {self.cursor.seq} commands")
+        return Decision(Status.RUNNING, restart_input=restart_input, consumed=self.consumed)
+
     def _decision(
         self, status: Status, *, output: str | None = None, failure: Failure | None = None
     ) -> Decision:
@@ -494,6 +591,7 @@ class _Pass:
             wake_at=min(self.timers) if waiting else None,
             consumed=self.consumed,
             custom_status=self.cursor.custom_status,
+            children=self.started,
         )
 
     def _check_consumed(self, ended: str) -> None:

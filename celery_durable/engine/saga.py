@@ -5,15 +5,17 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+from celery_durable.engine.awaitables import _ContinueAsNew
 from celery_durable.errors import StepFailed
 
 if TYPE_CHECKING:
     from celery_durable.engine.awaitables import _Command
     from celery_durable.engine.context import WorkflowContext
 
-_NOT_COMPENSATED = (GeneratorExit, KeyboardInterrupt, SystemExit)
+_NOT_COMPENSATED = (GeneratorExit, KeyboardInterrupt, SystemExit, _ContinueAsNew)
 """Exceptions that are not the workflow's failure: the engine closing a suspended
-workflow (``GeneratorExit``), or the process going down."""
+workflow (``GeneratorExit``), the process going down, or ``ctx.continue_as_new()``.
+(``WorkflowCancelled`` is compensated for: a cancelled saga rolls back.)"""
 
 
 class Saga:

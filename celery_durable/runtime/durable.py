@@ -17,7 +17,14 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from celery import Celery, Task
 
-from celery_durable.client import WorkflowHandle, send_signal, start, utcnow
+from celery_durable.client import (
+    WorkflowHandle,
+    cancel,
+    send_signal,
+    start,
+    terminate,
+    utcnow,
+)
 from celery_durable.engine.commands import ScheduleStep
 from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Instance, Status
@@ -300,6 +307,15 @@ class Durable:
             SerializationError: the payload cannot be encoded; nothing is stored.
         """
         send_signal(self, workflow_id, name, payload)
+
+    def cancel(self, workflow_id: str) -> bool:
+        """Cancel a workflow (compensations run); see :func:`celery_durable.client.cancel`."""
+        return cancel(self, workflow_id)
+
+    def terminate(self, workflow_id: str, reason: str = "terminated") -> bool:
+        """Stop a workflow without running more of its code; see
+        :func:`celery_durable.client.terminate`."""
+        return terminate(self, workflow_id, reason)
 
     def retry(self, workflow_id: str) -> WorkflowHandle[Any]:
         """Resume a ``stuck`` instance (after fixing its code): replay it again.

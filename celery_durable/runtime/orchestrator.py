@@ -21,6 +21,7 @@ from celery_durable.errors import (
     UnknownWorkflow,
     WorkflowNotFound,
 )
+from celery_durable.runtime.children import start_children, waiting_children
 from celery_durable.runtime.recovery import Wake, plan
 from celery_durable.stores.base import Commit
 
@@ -149,25 +150,40 @@ def advance(
             return
 
         now = durable.now()
+        codec = durable.codec(instance.serializer)
+        waiting = waiting_children(events, codec)
+        children = {child.id: child for child in store.get_many(list(waiting))}
         decision: Decision = replay(
             workflow.fn,
             instance,
             events,
-            codec=durable.codec(instance.serializer),
+            codec=codec,
             now=now,
             resolve_step=durable.resolve_step,
             signals=store.signals(instance_id) if instance.inbox else (),
+            children=children,
+            cancel_requested=instance.cancel_requested,
         )
         outcomes.extend(decision.fired)
         wake = Wake(at=None)
-        if decision.status is Status.RUNNING:
+        if decision.status is Status.RUNNING and decision.restart_input is None:
             pending = [e for e in events if e.kind is Kind.STEP and not e.state.is_final]
-            wake = plan(durable, now, pending, decision.new_events, decision.wake_at)
+            wake = plan(
+                durable,
+                now,
+                pending,
+                decision.new_events,
+                decision.wake_at,
+                children=bool(waiting or decision.children),
+            )
+        if decision.restart_input is not None:
+            outcomes = []  # a new run: the old journal goes
         if (
             not outcomes
             and not decision.new_events
             and not wake.resend
             and not decision.consumed
+            and decision.restart_input is None
             and decision.status is instance.status
             and wake.at == instance.wake_at
             and (
@@ -193,11 +209,19 @@ def advance(
                 ),
                 resent=[event.seq for event in wake.resend],
                 consumed=decision.consumed,
+                restart_input=decision.restart_input,
             )
         )
         if not committed:
             continue
         _publish(durable, instance, decision, wake, now)
+        # Children whose creation a crash may have cut off are created (idempotently).
+        lost = [start for child_id, start in waiting.items() if child_id not in children]
+        start_children(durable, instance, [*decision.children, *lost])
+        if decision.status.is_terminal and instance.parent_id:
+            durable.send_resume(instance.parent_id)
+        if decision.restart_input is not None:
+            durable.send_resume(instance_id)  # the new run's first pass
         return
     raise StoreError(
         f"workflow {instance_id}: gave up after {MAX_CAS_ROUNDS} lost compare-and-set rounds"

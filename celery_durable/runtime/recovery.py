@@ -51,6 +51,8 @@ def plan(
     pending: Iterable[Event],
     new: Iterable[Event],
     timer_at: datetime | None,
+    *,
+    children: bool = False,
 ) -> Wake:
     """Decide an instance's next ``wake_at`` after a pass that leaves it waiting.
 
@@ -61,6 +63,9 @@ def plan(
         new: the events this pass creates (steps scheduled, timers set, runs).
         timer_at: the earliest fire time of the timers (and signal-wait deadlines) the
             workflow waits on.
+        children: the workflow waits on child workflows: a child that ends wakes its
+            parent with a message; in case that message is lost, look again after a
+            step timeout.
     """
     settings = durable.settings
     step_timeout = timedelta(seconds=settings.step_timeout)
@@ -90,7 +95,7 @@ def plan(
             resend.append(event)
             deadline = now + step_timeout
         candidates.append(deadline)
-    if any(event.kind is Kind.STEP for event in new):
+    if children or any(event.kind is Kind.STEP for event in new):
         candidates.append(now + step_timeout)
     return Wake(at=min(candidates) if candidates else None, resend=tuple(resend), eta=eta)
 

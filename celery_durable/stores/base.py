@@ -40,6 +40,14 @@ class Commit:
             marked consumed by that seq, only if not consumed yet (else nothing is
             written and the commit returns ``False``), and the instance's ``inbox`` count
             drops accordingly.
+        restart_input: ``continue_as_new``: when set, the instance's events are deleted
+            and its ``input`` becomes this (``new_events`` are then the new run's), in
+            the same transaction; ``cancel_requested`` is cleared. Unconsumed signals are
+            kept for the new run; consumed ones (including those this commit's
+            ``consumed`` marks, which must still be unconsumed as usual) belong to the
+            old run and are deleted. Applied only if the compare-and-set matches. A
+            restart commit with ``outcomes`` or ``resent`` is refused (``ValueError``):
+            the events they name are the old run's.
         resent: seqs of pending steps sent again by this commit's pass (recovery): their
             ``heartbeat_at`` becomes ``updated_at`` and ``started_at`` is cleared.
         updated_at: the commit's time.
@@ -61,6 +69,7 @@ class Commit:
     custom_status: str | None = None
     resent: Sequence[int] = field(default_factory=tuple)
     consumed: Sequence[tuple[int, int]] = field(default_factory=tuple)
+    restart_input: str | None = None
 
 
 class Store(Protocol):
@@ -126,6 +135,21 @@ class Store(Protocol):
             The instance as it was before the signal (a completed or failed one gets no
             signal: the caller reports it), or ``None`` if there is no such instance.
         """
+        ...
+
+    def request_cancel(self, instance_id: str, wake_by: datetime) -> Instance | None:
+        """Flag an unfinished instance ``cancel_requested`` (version bumped, like a
+        signal, so a pass that read it before re-reads), and for a pending or running one
+        pull its ``wake_at`` to ``wake_by`` if later or unset.
+
+        Returns:
+            The instance as it was before (a finished one is left as it is: the caller
+            reports it), or ``None`` if there is no such instance.
+        """
+        ...
+
+    def get_many(self, instance_ids: Sequence[str]) -> list[Instance]:
+        """The instances of these ids that exist (any order); one round trip."""
         ...
 
     def signals(self, instance_id: str) -> list[Signal]:

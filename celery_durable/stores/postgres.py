@@ -10,7 +10,8 @@ pending state) still matched. The statements are cached by shape, so psycopg pre
 them on the server after a few uses. The calls recovery makes often are single statements
 too: :meth:`PostgresStore.heartbeat` (every few seconds per running step; its transaction
 does not wait for the WAL flush), :meth:`PostgresStore.claim_due` (the tick),
-:meth:`PostgresStore.send_signal` and :meth:`PostgresStore.signals`.
+:meth:`PostgresStore.send_signal`, :meth:`PostgresStore.request_cancel`,
+:meth:`PostgresStore.get_many` and :meth:`PostgresStore.signals`.
 Everything else is inherited from
 :class:`~celery_durable.stores.sqlalchemy.SQLAlchemyStore`, and the same contract suite
 runs against both.
@@ -25,13 +26,13 @@ from typing import Any
 
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.stores.base import Commit
-from celery_durable.stores.rows import aware, failure_text, resent_seqs
+from celery_durable.stores.rows import aware, check_restart, failure_text, resent_seqs
 from celery_durable.stores.schema import ACTIVE
 from celery_durable.stores.sqlalchemy import SQLAlchemyStore
 
 _INSTANCE_COLUMNS = (
     "id, workflow, status, input, serializer, version, created_at, updated_at, output, "
-    "failure, wake_at, custom_status, parent_id, inbox"
+    "failure, wake_at, custom_status, parent_id, inbox, cancel_requested"
 )
 _EVENT_COLUMNS = (
     "seq, kind, name, input, state, output, failure, scheduled_at, started_at, "
@@ -40,7 +41,7 @@ _EVENT_COLUMNS = (
 _EVENTS_AT = len(_INSTANCE_COLUMNS.split(","))
 """Where a :data:`_LOAD` row's event columns start."""
 _PENDING = "('scheduled', 'started')"
-_UNFINISHED = "status NOT IN ('completed', 'failed')"
+_UNFINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
 
 _LOAD = (
     f"SELECT {', '.join('i.' + c.strip() for c in _INSTANCE_COLUMNS.split(','))}, "
@@ -86,6 +87,20 @@ _SEND_SIGNAL = (
     f" SELECT {_INSTANCE_COLUMNS} FROM before"
 )
 
+# As _SEND_SIGNAL: the row locked and read first, then flagged unless finished.
+_REQUEST_CANCEL = (
+    f"WITH before AS (SELECT {_INSTANCE_COLUMNS} FROM durable_instances"
+    " WHERE id = %(id)s FOR UPDATE),"
+    " flagged AS (UPDATE durable_instances i SET cancel_requested = true,"
+    " version = i.version + 1, wake_at = CASE"
+    f" WHEN i.{ACTIVE} AND (i.wake_at IS NULL"
+    " OR i.wake_at > %(wake_by)s) THEN %(wake_by)s ELSE i.wake_at END"
+    f" FROM before WHERE i.id = before.id AND i.{_UNFINISHED})"
+    f" SELECT {_INSTANCE_COLUMNS} FROM before"
+)
+
+_GET_MANY = f"SELECT {_INSTANCE_COLUMNS} FROM durable_instances WHERE id = ANY(%(ids)s::text[])"
+
 _SIGNALS = (
     "SELECT id, name, payload, sent_at FROM durable_signals"
     " WHERE instance_id = %(id)s AND consumed_seq IS NULL ORDER BY id"
@@ -102,9 +117,11 @@ _CLAIM_DUE = (
 
 
 @functools.lru_cache(maxsize=64)
-def _commit_sql(outcomes: int, new_events: int, resent: bool, consumed: int = 0) -> str:
+def _commit_sql(
+    outcomes: int, new_events: int, resent: bool, consumed: int = 0, restart: bool = False
+) -> str:
     """The commit statement for this many outcomes, new events and consumed signals (and
-    resent steps)."""
+    resent steps, and a restart)."""
     check = (
         f" AND (SELECT count(*) FROM durable_events WHERE instance_id = %(id)s"
         f" AND seq = ANY(%(outcome_seqs)s) AND state IN {_PENDING}) = {outcomes}"
@@ -121,6 +138,8 @@ def _commit_sql(outcomes: int, new_events: int, resent: bool, consumed: int = 0)
             f" = {consumed}"
         )
         inbox = f", inbox = inbox - {consumed}"
+    if restart:
+        inbox += ", input = %(restart_input)s, cancel_requested = false"
     parts = [
         "WITH moved AS (UPDATE durable_instances SET version = version + 1,"
         " status = %(status)s, output = %(output)s, failure = %(failure)s,"
@@ -128,7 +147,19 @@ def _commit_sql(outcomes: int, new_events: int, resent: bool, consumed: int = 0)
         f" custom_status = %(custom_status)s{inbox}"
         f" WHERE id = %(id)s AND version = %(expected)s{check} RETURNING id)"
     ]
-    if consumed:
+    if restart:
+        # The old run's journal and the signals it consumed go (those this commit consumes
+        # too: checked unconsumed above, deleted rather than marked); the inbox stays.
+        consumed_now = " OR s.id = ANY(%(signal_ids)s::bigint[])" if consumed else ""
+        parts.append(
+            "wiped AS (DELETE FROM durable_events e USING moved"
+            " WHERE e.instance_id = moved.id RETURNING e.seq)"
+        )
+        parts.append(
+            "dropped AS (DELETE FROM durable_signals s USING moved"
+            f" WHERE s.instance_id = moved.id AND (s.consumed_seq IS NOT NULL{consumed_now}))"
+        )
+    elif consumed:
         parts.append(
             "consumed AS (UPDATE durable_signals AS s SET consumed_seq = v.seq"
             " FROM moved, unnest(%(signal_ids)s::bigint[], %(signal_seqs)s::int[])"
@@ -166,9 +197,13 @@ def _commit_sql(outcomes: int, new_events: int, resent: bool, consumed: int = 0)
             f" %(n{i}_attempts)s::int, %(n{i}_heartbeat_at)s::timestamptz)"
             for i in range(new_events)
         )
+        # After a restart's DELETE has run to its end (the count is computed before the
+        # first row is inserted), so the new seqs do not collide with the old run's.
+        after_wipe = " WHERE (SELECT count(*) FROM wiped) >= 0" if restart else ""
         parts.append(
             f"inserted AS (INSERT INTO durable_events (instance_id, {_EVENT_COLUMNS})"
-            f" SELECT moved.id, v.* FROM moved, (VALUES {rows}) AS v({_EVENT_COLUMNS}))"
+            f" SELECT moved.id, v.* FROM moved, (VALUES {rows}) AS v({_EVENT_COLUMNS})"
+            f"{after_wipe})"
         )
     return ", ".join(parts) + " SELECT count(*) FROM moved"
 
@@ -187,7 +222,10 @@ class PostgresStore(SQLAlchemyStore):
         ]
 
     def commit(self, commit: Commit) -> bool:
-        """Apply ``commit`` as one statement if the version still matches."""
+        """Apply ``commit`` as one statement if the version still matches (a restart as
+        ``SQLAlchemyStore.commit`` describes)."""
+        check_restart(commit)
+        restart = commit.restart_input is not None
         params: dict[str, Any] = {
             "id": commit.instance_id,
             "expected": commit.expected_version,
@@ -198,6 +236,8 @@ class PostgresStore(SQLAlchemyStore):
             "wake_at": aware(commit.wake_at, "wake_at"),
             "custom_status": commit.custom_status,
         }
+        if restart:
+            params["restart_input"] = commit.restart_input
         if commit.outcomes:
             params["outcome_seqs"] = [e.seq for e in commit.outcomes]
         resent = resent_seqs(commit)
@@ -238,7 +278,11 @@ class PostgresStore(SQLAlchemyStore):
                 }
             )
         sql = _commit_sql(
-            len(commit.outcomes), len(commit.new_events), bool(resent), len(commit.consumed)
+            len(commit.outcomes),
+            len(commit.new_events),
+            bool(resent),
+            len(commit.consumed),
+            restart,
         )
         with self._read() as conn:
             moved = conn.exec_driver_sql(sql, params).scalar_one()
@@ -274,6 +318,23 @@ class PostgresStore(SQLAlchemyStore):
         with self._read() as conn:
             row = conn.exec_driver_sql(_SEND_SIGNAL, params).one_or_none()
         return None if row is None else _instance(row)
+
+    def request_cancel(self, instance_id: str, wake_by: datetime) -> Instance | None:
+        """Flag an instance ``cancel_requested`` as one statement (see
+        ``Store.request_cancel``)."""
+        params = {"id": instance_id, "wake_by": aware(wake_by, "wake_by")}
+        with self._read() as conn:
+            row = conn.exec_driver_sql(_REQUEST_CANCEL, params).one_or_none()
+        return None if row is None else _instance(row)
+
+    def get_many(self, instance_ids: Sequence[str]) -> list[Instance]:
+        """The instances of these ids that exist, by one statement (none for no ids)."""
+        ids = list(dict.fromkeys(instance_ids))
+        if not ids:
+            return []
+        with self._read() as conn:
+            rows = conn.exec_driver_sql(_GET_MANY, {"ids": ids}).all()
+        return [_instance(row) for row in rows]
 
     def signals(self, instance_id: str) -> list[Signal]:
         """The instance's unconsumed signals, oldest first."""
@@ -323,6 +384,7 @@ def _instance(row: Sequence[Any]) -> Instance:
         custom_status=row[11],
         parent_id=row[12],
         inbox=row[13],
+        cancel_requested=row[14],
     )
 
 

@@ -47,6 +47,7 @@ def instance_values(instance: Instance) -> dict[str, Any]:
         "custom_status": instance.custom_status,
         "parent_id": instance.parent_id,
         "inbox": instance.inbox,
+        "cancel_requested": bool(instance.cancel_requested),
     }
 
 
@@ -66,6 +67,7 @@ def instance_from_row(row: RowMapping) -> Instance:
         custom_status=row["custom_status"],
         parent_id=row["parent_id"],
         inbox=row["inbox"],
+        cancel_requested=bool(row["cancel_requested"]),
     )
 
 
@@ -93,6 +95,16 @@ def resent_seqs(commit: Commit) -> list[int]:
     row twice in a statement)."""
     journaled = {e.seq for e in commit.outcomes}
     return sorted({seq for seq in commit.resent if seq not in journaled})
+
+
+def check_restart(commit: Commit) -> None:
+    """Refuse a ``continue_as_new`` commit that also journals outcomes or resends steps:
+    the events they would write are deleted by the restart."""
+    if commit.restart_input is not None and (commit.outcomes or commit.resent):
+        raise ValueError(
+            f"commit for {commit.instance_id!r} restarts the instance (restart_input):"
+            " it cannot also journal outcomes or resend steps of the run it ends"
+        )
 
 
 def outcome_values(e: Event) -> tuple[int, dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
     text,
 )
 
@@ -92,9 +94,13 @@ instances = Table(
     Column("parent_id", String(255), nullable=True),
     # Signals sent and not consumed yet: the orchestrator reads the inbox only when > 0.
     Column("inbox", Integer, nullable=False, default=0, server_default=text("0")),
+    # ``handle.cancel()`` was called; cleared by a ``continue_as_new`` commit.
+    Column("cancel_requested", Boolean, nullable=False, default=False, server_default=false()),
     Index("ix_durable_instances_status", "status"),
     Index("ix_durable_instances_workflow", "workflow"),
     Index("ix_durable_instances_created_at", "created_at"),
+    # A parent's children (``WHERE parent_id = :id``).
+    Index("ix_durable_instances_parent_id", "parent_id"),
 )
 
 # The tick's index: ``WHERE status IN ('pending', 'running') AND wake_at <= :now ORDER BY

@@ -58,7 +58,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -70,6 +70,7 @@ from sqlalchemy import (
     bindparam,
     case,
     create_engine,
+    delete,
     event,
     func,
     insert,
@@ -87,6 +88,7 @@ from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreE
 from celery_durable.stores.base import Commit
 from celery_durable.stores.rows import (
     aware,
+    check_restart,
     event_from_row,
     event_values,
     failure_text,
@@ -213,7 +215,16 @@ class SQLAlchemyStore:
             ``True`` if applied; ``False`` if the version moved, an outcome's event was
             no longer pending or a consumed signal was consumed already (or is not the
             instance's), in which case nothing was written.
+
+        A restart (``restart_input``) deletes the instance's events and its consumed
+        signals (those of the run it ends, including the ones this commit consumes)
+        before inserting ``new_events``; unconsumed signals stay in the inbox.
+
+        Raises:
+            ValueError: ``restart_input`` given with ``outcomes`` or ``resent``.
         """
+        check_restart(commit)
+        restart = commit.restart_input is not None
         instance_values: dict[str, Any] = {
             "version": instances.c.version + 1,
             "status": Status(commit.status).value,
@@ -225,6 +236,9 @@ class SQLAlchemyStore:
         }
         if commit.consumed:
             instance_values["inbox"] = instances.c.inbox - len(commit.consumed)
+        if restart:
+            instance_values["input"] = commit.restart_input
+            instance_values["cancel_requested"] = False
         outcomes = [outcome_values(outcome) for outcome in commit.outcomes]
         resent = resent_seqs(commit)
         new_events = [event_values(commit.instance_id, e) for e in commit.new_events]
@@ -278,6 +292,15 @@ class SQLAlchemyStore:
                             heartbeat_at=instance_values["updated_at"],
                             started_at=None,
                             state=State.SCHEDULED.value,
+                        )
+                    )
+                if restart:
+                    # The old run's journal and the signals it consumed go; the inbox stays.
+                    conn.execute(delete(events).where(events.c.instance_id == commit.instance_id))
+                    conn.execute(
+                        delete(signals).where(
+                            signals.c.instance_id == commit.instance_id,
+                            signals.c.consumed_seq.is_not(None),
                         )
                     )
                 if new_events:
@@ -376,6 +399,45 @@ class SQLAlchemyStore:
                 values["wake_at"] = wake_by
             conn.execute(update(instances).where(instances.c.id == instance_id).values(**values))
         return before
+
+    def request_cancel(self, instance_id: str, wake_by: datetime) -> Instance | None:
+        """Flag an unfinished instance ``cancel_requested`` (see ``Store.request_cancel``).
+
+        One transaction that locks the instance row first, as :meth:`send_signal` does.
+        """
+        wake_by = aware(wake_by, "wake_by")
+        with self._transaction(write=True) as conn:
+            row = (
+                conn.execute(
+                    select(instances).where(instances.c.id == instance_id).with_for_update()
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                return None
+            before = instance_from_row(row)
+            if before.status.is_terminal:
+                return before
+            values: dict[str, Any] = {
+                "cancel_requested": True,
+                "version": instances.c.version + 1,
+            }
+            if before.status in (Status.PENDING, Status.RUNNING) and (
+                before.wake_at is None or before.wake_at > wake_by
+            ):
+                values["wake_at"] = wake_by
+            conn.execute(update(instances).where(instances.c.id == instance_id).values(**values))
+        return before
+
+    def get_many(self, instance_ids: Sequence[str]) -> list[Instance]:
+        """The instances of these ids that exist, by one statement (none for no ids)."""
+        ids = list(dict.fromkeys(instance_ids))
+        if not ids:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(select(instances).where(instances.c.id.in_(ids))).mappings().all()
+        return [instance_from_row(row) for row in rows]
 
     def signals(self, instance_id: str) -> list[Signal]:
         """The instance's unconsumed signals, oldest first (one statement)."""

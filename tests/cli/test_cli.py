@@ -292,3 +292,31 @@ def test_app_without_durable_says_how_to_fix_it(celery: Celery) -> None:
             "Error: app 'plainapp' has no Durable(app); create one in the app module "
             "(durable = Durable(app))\n"
         )
+
+
+def test_signal_cancel_and_terminate_commands(celery: Celery, store: Store) -> None:
+    # "stuck" keeps signals and takes a cancellation request (no worker runs here: the
+    # memory broker only queues the resume message).
+    out = celery("-A", "cliapp", "durable", "signal", "stuck", "approved", '{"by": "ann"}')
+    assert "signal 'approved' sent" in out.stdout
+    (signal,) = store.signals("stuck")
+    assert (signal.name, signal.payload) == ("approved", '{"by": "ann"}')
+    celery("-A", "cliapp", "durable", "signal", "stuck", "note", "plain-word")
+    assert store.signals("stuck")[-1].payload == '"plain-word"'
+
+    out = celery("-A", "cliapp", "durable", "cancel", "stuck")
+    assert "cancellation requested" in out.stdout
+    stuck = store.get("stuck")
+    assert stuck is not None
+    assert stuck.cancel_requested
+
+    out = celery("-A", "cliapp", "durable", "cancel", "other", "--terminate")
+    assert "terminated" in out.stdout
+    other = store.get("other")
+    assert other is not None
+    assert other.status is Status.CANCELLED
+
+    out = celery("-A", "cliapp", "durable", "cancel", "done")
+    assert "already completed: nothing to do" in out.stdout
+    err = celery("-A", "cliapp", "durable", "signal", "done", "x", code=1)
+    assert "is completed: signal 'x' was not delivered" in err.stderr

@@ -1,0 +1,39 @@
+"""Child workflows as the parent's replay sees them: a CHILD event's outcome.
+
+The runtime hands the replay the child instances of the journal's pending CHILD events;
+:func:`child_outcome` turns an ended child into the outcome its event journals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+
+from celery_durable.engine.journal import Event, Failure, Instance, State, Status
+
+
+def child_outcome(event: Event, child: Instance | None, now: datetime) -> Event | None:
+    """The CHILD ``event`` completed or failed with ``child``'s outcome, or ``None`` while
+    the child has not ended (or is unknown).
+
+    A COMPLETED child gives its (encoded) output. A FAILED child gives its failure, type
+    kept (e.g. ``"TransferFailed"``); a CANCELLED child a failure of type
+    ``"WorkflowCancelled"``. A STUCK child has not ended: it may be retried.
+    """
+    if child is None:
+        return None
+    status = Status(child.status)  # a store may hand back plain strings
+    if not status.is_terminal:
+        return None
+    if status is Status.COMPLETED:
+        return dataclasses.replace(
+            event, state=State.COMPLETED, output=child.output, failure=None, completed_at=now
+        )
+    failure = child.failure
+    if status is Status.CANCELLED and (failure is None or failure.type != "WorkflowCancelled"):
+        failure = Failure("WorkflowCancelled", f"child workflow {child.id!r} was cancelled")
+    elif failure is None:
+        failure = Failure("WorkflowFailed", f"child workflow {child.id!r} failed")
+    return dataclasses.replace(
+        event, state=State.FAILED, output=None, failure=failure, completed_at=now
+    )
