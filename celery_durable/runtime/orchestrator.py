@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from celery_durable.engine.commands import Decision, ScheduleStep
+from celery_durable.engine.commands import Decision, ScheduleStep, StartChild
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.engine.replay import replay
 from celery_durable.errors import (
@@ -178,6 +178,7 @@ def advance(
             )
         if decision.restart_input is not None:
             outcomes = []  # a new run: the old journal goes
+            wake = Wake(at=durable.redrive_at())  # its first pass, if the message is lost
         if (
             not outcomes
             and not decision.new_events
@@ -214,14 +215,9 @@ def advance(
         )
         if not committed:
             continue
-        _publish(durable, instance, decision, wake, now)
         # Children whose creation a crash may have cut off are created (idempotently).
         lost = [start for child_id, start in waiting.items() if child_id not in children]
-        start_children(durable, instance, [*decision.children, *lost])
-        if decision.status.is_terminal and instance.parent_id:
-            durable.send_resume(instance.parent_id)
-        if decision.restart_input is not None:
-            durable.send_resume(instance_id)  # the new run's first pass
+        _publish(durable, instance, decision, wake, now, [*decision.children, *lost])
         return
     raise StoreError(
         f"workflow {instance_id}: gave up after {MAX_CAS_ROUNDS} lost compare-and-set rounds"
@@ -229,7 +225,12 @@ def advance(
 
 
 def _publish(
-    durable: Durable, instance: Instance, decision: Decision, wake: Wake, now: datetime
+    durable: Durable,
+    instance: Instance,
+    decision: Decision,
+    wake: Wake,
+    now: datetime,
+    children: list[StartChild],
 ) -> None:
     """Send what a committed pass decided (never before its commit: the outbox rule)."""
     if decision.status is Status.STUCK:
@@ -255,3 +256,8 @@ def _publish(
         durable.send_step(instance.id, ScheduleStep(event.seq, event.name, tuple(args), kwargs))
     if wake.eta is not None:
         durable.send_resume(instance.id, countdown=(wake.eta - now).total_seconds())
+    start_children(durable, instance, children)
+    if decision.status.is_terminal and instance.parent_id:
+        durable.send_resume(instance.parent_id)  # the parent waits on this result
+    if decision.restart_input is not None:
+        durable.send_resume(instance.id)  # the new run's first pass
