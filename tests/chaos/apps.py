@@ -158,7 +158,13 @@ def make_app(*, broker: str, store: str, queue: str, record: Path, eta_max: floa
 
     # The baseline: the same three tasks as a bare chain, with the options a careful
     # Celery user sets so a killed worker's task is redelivered.
-    bare = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+    # Not shared: a shared task would be registered into every app made after it.
+    bare = {
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+        "ignore_result": True,
+        "shared": False,
+    }
 
     def chain_traced(task: Any, label: str, seconds: float) -> None:
         key = str(task.request.id)
