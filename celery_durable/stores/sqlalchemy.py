@@ -58,7 +58,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
@@ -362,48 +362,40 @@ class SQLAlchemyStore:
     def send_signal(
         self, instance_id: str, name: str, payload: str | None, at: datetime, wake_by: datetime
     ) -> Instance | None:
-        """Put a signal in an unfinished instance's inbox (see ``Store.send_signal``).
-
-        One transaction that locks the instance row first (``FOR UPDATE``; SQLite's
-        ``BEGIN IMMEDIATE`` locks the database), as a commit does.
-        """
+        """Put a signal in an unfinished instance's inbox (see ``Store.send_signal``)."""
         at = aware(at, "at")
-        wake_by = aware(wake_by, "wake_by")
-        with self._transaction(write=True) as conn:
-            row = (
-                conn.execute(
-                    select(instances).where(instances.c.id == instance_id).with_for_update()
-                )
-                .mappings()
-                .one_or_none()
-            )
-            if row is None:
-                return None
-            before = instance_from_row(row)
-            if before.status.is_terminal:
-                return before
+
+        def add_signal(conn: Connection) -> dict[str, Any]:
             conn.execute(
                 insert(signals).values(
                     instance_id=instance_id, name=name, payload=payload, sent_at=at
                 )
             )
-            # A version change: a pass that read the journal before this signal must not
-            # commit over it (its wake_at would drop the one pulled here).
-            values: dict[str, Any] = {
-                "inbox": instances.c.inbox + 1,
-                "version": instances.c.version + 1,
-            }
-            if before.status in (Status.PENDING, Status.RUNNING) and (
-                before.wake_at is None or before.wake_at > wake_by
-            ):
-                values["wake_at"] = wake_by
-            conn.execute(update(instances).where(instances.c.id == instance_id).values(**values))
-        return before
+            return {"inbox": instances.c.inbox + 1}
+
+        return self._change_unfinished(instance_id, wake_by, add_signal)
 
     def request_cancel(self, instance_id: str, wake_by: datetime) -> Instance | None:
-        """Flag an unfinished instance ``cancel_requested`` (see ``Store.request_cancel``).
+        """Flag an unfinished instance ``cancel_requested`` (see ``Store.request_cancel``)."""
+        return self._change_unfinished(
+            instance_id, wake_by, lambda _conn: {"cancel_requested": True}
+        )
 
-        One transaction that locks the instance row first, as :meth:`send_signal` does.
+    def _change_unfinished(
+        self,
+        instance_id: str,
+        wake_by: datetime,
+        change: Callable[[Connection], dict[str, Any]],
+    ) -> Instance | None:
+        """Change an unfinished instance from outside its orchestrator (a signal, a cancel
+        request): one transaction that locks the instance row first, as a commit does
+        (``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` locks the database), applies
+        ``change`` (its column values are added to the instance's update), bumps the
+        version so a pass that read the instance before re-reads, and pulls a live
+        instance's ``wake_at`` to ``wake_by``. A finished instance is left as it is.
+
+        Returns:
+            The instance as it was before, or ``None`` if there is none.
         """
         wake_by = aware(wake_by, "wake_by")
         with self._transaction(write=True) as conn:
@@ -419,10 +411,7 @@ class SQLAlchemyStore:
             before = instance_from_row(row)
             if before.status.is_terminal:
                 return before
-            values: dict[str, Any] = {
-                "cancel_requested": True,
-                "version": instances.c.version + 1,
-            }
+            values = {**change(conn), "version": instances.c.version + 1}
             if before.status in (Status.PENDING, Status.RUNNING) and (
                 before.wake_at is None or before.wake_at > wake_by
             ):
