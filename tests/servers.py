@@ -10,6 +10,10 @@ that unpacks as ``(url, stop)`` and is also a context manager::
 A server is stopped by ``stop()`` (idempotent), at interpreter exit (``atexit``), and, if
 this process is killed outright, by the kernel: the server gets its parent-death signal.
 
+For fault-injection tests, :func:`start_postgres_restartable` and
+:func:`start_redis_restartable` return servers that can be crashed (``crash()``, ``kill()``)
+and started again (``start()``) on the same URL, port and directory.
+
 When running as root (containers, CI), PostgreSQL's ``initdb`` refuses to run, so the
 cluster is created and run as the ``postgres`` OS user.
 """
@@ -31,7 +35,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 INSTALL_HINT = (
     "install the servers the tests run against: "
@@ -41,6 +48,7 @@ INSTALL_HINT = (
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+RESTART_PORT_TIMEOUT = 10.0
 
 
 class ServerNotAvailable(RuntimeError):
@@ -115,84 +123,50 @@ def start_postgres(
         ServerNotAvailable: PostgreSQL is not installed.
         RuntimeError: the server did not start (the message holds its log).
     """
-    bindir = postgres_bindir()
-    run_as = _postgres_user()
-    root = Path(tempfile.mkdtemp(prefix="celery-durable-pg-", dir=parent))
-    data, sockets = root / "data", root / "sockets"
-    data.mkdir()
-    sockets.mkdir()
-    if run_as is not None:
-        for path in (root, data, sockets):
-            os.chown(path, run_as.pw_uid, run_as.pw_gid)
+    postmaster = _new_cluster(parent, durable=durable)
     try:
-        _run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-            run_as,
-            root,
-        )
-        for _attempt in range(5):
-            port = free_port()
-            proc = _spawn(
-                [
-                    str(bindir / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-k",
-                    str(sockets),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "max_connections=200",
-                    *(
-                        ()
-                        if durable
-                        else (
-                            "-c",
-                            "fsync=off",
-                            "-c",
-                            "synchronous_commit=off",
-                            "-c",
-                            "full_page_writes=off",
-                        )
-                    ),
-                ],
-                run_as,
-                root / "postgres.log",
-                death_signal=signal.SIGQUIT,  # immediate shutdown
-            )
-            if _wait_until(functools.partial(_postgres_ready, port), proc):
-                break
-            _terminate(proc, signal.SIGQUIT)
-            log = (root / "postgres.log").read_text(errors="replace")
-            if "could not bind" not in log and "already in use" not in log:
-                raise RuntimeError(f"PostgreSQL did not start; its log:\n{log}")
-        else:
-            raise RuntimeError("PostgreSQL: no free port found after 5 attempts")
+        port, proc = _start_on_free_port(postmaster, "PostgreSQL")
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(postmaster.keywords["root"], ignore_errors=True)
         raise
     base = f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    stop = _stopper(proc, signal.SIGINT, root)  # SIGINT: fast shutdown
+    stop = _stopper(proc, signal.SIGINT, postmaster.keywords["root"])  # SIGINT: fast shutdown
     try:
         create_database(f"{base}/postgres", "durable")
     except BaseException:
         stop()
         raise
     return RunningServer(f"{base}/durable", stop)
+
+
+def start_postgres_restartable(
+    parent: str | os.PathLike[str] | None = None, *, durable: bool = False
+) -> PostgresServer:
+    """Like :func:`start_postgres`, but the server can be crashed and started again.
+
+    With ``durable=False`` commits are asynchronous (``synchronous_commit=off``): a
+    :meth:`PostgresServer.crash` may lose the transactions committed in the last fraction
+    of a second. Pass ``durable=True`` when a test needs every committed row to survive.
+
+    Raises:
+        ServerNotAvailable: PostgreSQL is not installed.
+        RuntimeError: the server did not start (the message holds its log).
+    """
+    postmaster = _new_cluster(parent, durable=durable)
+    root: Path = postmaster.keywords["root"]
+    try:
+        port, proc = _start_on_free_port(postmaster, "PostgreSQL")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    base = f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    server = PostgresServer(f"{base}/durable", port, root, proc, postmaster)
+    try:
+        create_database(f"{base}/postgres", "durable")
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def create_database(server_url: str, name: str) -> str:
@@ -229,6 +203,101 @@ def _postgres_user() -> pwd.struct_passwd | None:
         ) from None
 
 
+def _new_cluster(
+    parent: str | os.PathLike[str] | None, *, durable: bool
+) -> functools.partial[subprocess.Popen[bytes] | None]:
+    """``initdb`` a cluster in a new temporary directory; return its postmaster starter.
+
+    The result is :func:`_start_postmaster` bound to the cluster: call it with a port. Its
+    ``keywords["root"]`` is the temporary directory, which the caller removes when done.
+    """
+    bindir = postgres_bindir()
+    run_as = _postgres_user()
+    root = Path(tempfile.mkdtemp(prefix="celery-durable-pg-", dir=parent))
+    data, sockets = root / "data", root / "sockets"
+    data.mkdir()
+    sockets.mkdir()
+    if run_as is not None:
+        for path in (root, data, sockets):
+            os.chown(path, run_as.pw_uid, run_as.pw_gid)
+    try:
+        _run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            run_as,
+            root,
+        )
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return functools.partial(
+        _start_postmaster, bindir=bindir, run_as=run_as, root=root, durable=durable
+    )
+
+
+def _start_postmaster(
+    port: int, *, bindir: Path, run_as: pwd.struct_passwd | None, root: Path, durable: bool
+) -> subprocess.Popen[bytes] | None:
+    """Start the cluster in ``root/data`` on ``port`` and wait until it accepts connections.
+
+    Returns:
+        The postmaster, or ``None`` when the port is taken.
+
+    Raises:
+        RuntimeError: the server did not start for another reason (the message holds its log).
+    """
+    log = root / "postgres.log"
+    offset = log.stat().st_size if log.exists() else 0
+    proc = _spawn(
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(root / "data"),
+            "-p",
+            str(port),
+            "-k",
+            str(root / "sockets"),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=200",
+            *(
+                ()
+                if durable
+                else (
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                )
+            ),
+        ],
+        run_as,
+        log,
+        death_signal=signal.SIGQUIT,  # immediate shutdown
+    )
+    if _wait_until(functools.partial(_postgres_ready, port), proc):
+        return proc
+    _terminate(proc, signal.SIGQUIT)
+    text = log.read_text(errors="replace")
+    if "could not bind" in text[offset:] or "already in use" in text[offset:]:
+        return None
+    raise RuntimeError(f"PostgreSQL did not start; its log:\n{text}")
+
+
 # --------------------------------------------------------------------------- Redis
 
 
@@ -250,45 +319,86 @@ def start_redis(parent: str | os.PathLike[str] | None = None) -> RunningServer:
         ServerNotAvailable: redis-server is not installed.
         RuntimeError: the server did not start (the message holds its log).
     """
-    binary = redis_binary()
-    root = Path(tempfile.mkdtemp(prefix="celery-durable-redis-", dir=parent))
+    server = _new_redis(parent)
+    root: Path = server.keywords["root"]
     try:
-        for _attempt in range(5):
-            port = free_port()
-            proc = _spawn(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(root),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                    "--protected-mode",
-                    "no",
-                ],
-                None,
-                root / "redis.log",
-                death_signal=signal.SIGKILL,
-            )
-            if _wait_until(functools.partial(_redis_ready, port), proc):
-                break
-            _terminate(proc, signal.SIGKILL)
-            log = (root / "redis.log").read_text(errors="replace")
-            if "already in use" not in log:
-                raise RuntimeError(f"redis-server did not start; its log:\n{log}")
-        else:
-            raise RuntimeError("redis-server: no free port found after 5 attempts")
+        port, proc = _start_on_free_port(server, "redis-server")
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
     return RunningServer(f"redis://127.0.0.1:{port}/0", _stopper(proc, signal.SIGTERM, root))
+
+
+def start_redis_restartable(parent: str | os.PathLike[str] | None = None) -> RedisServer:
+    """Like :func:`start_redis`, but the server can be killed and started again.
+
+    Raises:
+        ServerNotAvailable: redis-server is not installed.
+        RuntimeError: the server did not start (the message holds its log).
+    """
+    server = _new_redis(parent)
+    root: Path = server.keywords["root"]
+    try:
+        port, proc = _start_on_free_port(server, "redis-server")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    return RedisServer(f"redis://127.0.0.1:{port}/0", port, root, proc, server)
+
+
+def _new_redis(
+    parent: str | os.PathLike[str] | None,
+) -> functools.partial[subprocess.Popen[bytes] | None]:
+    """A new temporary directory and the :func:`_start_redis_server` bound to it.
+
+    Call the result with a port. Its ``keywords["root"]`` is the temporary directory,
+    which the caller removes when done.
+    """
+    binary = redis_binary()
+    root = Path(tempfile.mkdtemp(prefix="celery-durable-redis-", dir=parent))
+    return functools.partial(_start_redis_server, binary=binary, root=root)
+
+
+def _start_redis_server(port: int, *, binary: str, root: Path) -> subprocess.Popen[bytes] | None:
+    """Start a non-persistent ``redis-server`` on ``port`` and wait until it answers PING.
+
+    Returns:
+        The server, or ``None`` when the port is taken.
+
+    Raises:
+        RuntimeError: the server did not start for another reason (the message holds its log).
+    """
+    log = root / "redis.log"
+    offset = log.stat().st_size if log.exists() else 0
+    proc = _spawn(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(root),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+        ],
+        None,
+        log,
+        death_signal=signal.SIGKILL,
+    )
+    if _wait_until(functools.partial(_redis_ready, port), proc):
+        return proc
+    _terminate(proc, signal.SIGKILL)
+    text = log.read_text(errors="replace")
+    if "already in use" in text[offset:]:
+        return None
+    raise RuntimeError(f"redis-server did not start; its log:\n{text}")
 
 
 def _redis_ready(port: int) -> bool:
@@ -298,6 +408,136 @@ def _redis_ready(port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+class RestartableServer:
+    """A started server that fault-injection tests can take down and start again.
+
+    The server keeps its URL, port and directory across restarts. ``stop()`` (idempotent)
+    stops it for good and removes its directory; it also runs at interpreter exit.
+    """
+
+    _name = "server"
+    _stop_signal: int = signal.SIGTERM
+    _crash_signal: int = signal.SIGKILL
+
+    def __init__(
+        self,
+        url: str,
+        port: int,
+        root: Path,
+        proc: subprocess.Popen[bytes],
+        start_on: Callable[[int], subprocess.Popen[bytes] | None],
+    ) -> None:
+        self.url = url
+        self.port = port
+        self._root = root
+        self._proc = proc
+        self._start_on = start_on
+        self._stopped = False
+        atexit.register(self.stop)
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive (it may still be starting or recovering)."""
+        return not self._stopped and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start the server again on the same port and directory; wait until it is ready.
+
+        Raises:
+            RuntimeError: it is running, was stopped for good, or did not start.
+        """
+        if self._stopped:
+            raise RuntimeError(f"{self._name} was stopped; it cannot be started again")
+        if self.running:
+            raise RuntimeError(f"{self._name} is already running")
+        self._proc = _restart_on_port(self._start_on, self.port, self._name)
+
+    def stop(self) -> None:
+        """Stop the server for good and remove its directory (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        atexit.unregister(self.stop)
+        try:
+            _terminate(self._proc, self._stop_signal)
+        finally:
+            shutil.rmtree(self._root, ignore_errors=True)
+
+    def _crash(self) -> None:
+        _terminate(self._proc, self._crash_signal)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(RestartableServer):
+    """A non-persistent ``redis-server`` that can be killed and started again."""
+
+    _name = "redis-server"
+    _stop_signal = signal.SIGTERM
+    _crash_signal = signal.SIGKILL
+
+    def kill(self) -> None:
+        """SIGKILL the server and wait for it to die: every key is lost (no persistence).
+
+        A no-op when it is not running.
+        """
+        self._crash()
+
+
+class PostgresServer(RestartableServer):
+    """A PostgreSQL server that can be crashed and started again (crash recovery runs)."""
+
+    _name = "PostgreSQL"
+    _stop_signal = signal.SIGINT  # fast shutdown
+    _crash_signal = signal.SIGQUIT  # immediate shutdown
+
+    def crash(self) -> None:
+        """Shut down immediately, as ``pg_ctl stop -m immediate``, and wait for the exit.
+
+        No checkpoint is written: the next :meth:`start` runs crash recovery from the WAL.
+        A no-op when it is not running.
+        """
+        self._crash()
+
+
+def _start_on_free_port(
+    start_on: Callable[[int], subprocess.Popen[bytes] | None], name: str
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """Start a server on a free port, retrying with another when someone takes it first."""
+    for _attempt in range(5):
+        port = free_port()
+        proc = start_on(port)
+        if proc is not None:
+            return port, proc
+    raise RuntimeError(f"{name}: no free port found after 5 attempts")
+
+
+def _restart_on_port(
+    start_on: Callable[[int], subprocess.Popen[bytes] | None], port: int, name: str
+) -> subprocess.Popen[bytes]:
+    """Start a server on ``port``, retrying while the port is still in use."""
+    deadline = time.monotonic() + RESTART_PORT_TIMEOUT
+    while True:
+        proc = start_on(port)
+        if proc is not None:
+            return proc
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{name}: port {port} still in use after {RESTART_PORT_TIMEOUT}s")
+        time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- processes

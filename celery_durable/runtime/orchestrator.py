@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from celery_durable import faults
 from celery_durable.engine.commands import Decision, ScheduleStep, StartChild
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.engine.replay import replay
@@ -215,6 +216,7 @@ def advance(
         )
         if not committed:
             continue
+        faults.point(faults.AFTER_COMMIT)
         # Children whose creation a crash may have cut off are created (idempotently).
         lost = [start for child_id, start in waiting.items() if child_id not in children]
         _publish(durable, instance, decision, wake, now, [*decision.children, *lost])

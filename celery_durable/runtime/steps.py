@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 from celery.exceptions import Ignore, Retry
 
+from celery_durable import faults
 from celery_durable.engine.journal import Failure
 from celery_durable.errors import StoreError, UnknownWorkflow, WorkflowNotFound
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome
@@ -143,6 +144,7 @@ class DurableStep(Task):  # type: ignore[misc]
         finally:
             _current.reset(token)
 
+        faults.point(faults.STEP_RAN)
         outcome = StepOutcome(
             seq,
             result=result if failed is None else None,

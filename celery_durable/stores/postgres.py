@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from celery_durable import faults
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.stores.base import Commit
 from celery_durable.stores.rows import aware, check_restart, failure_text, resent_seqs
@@ -286,6 +287,7 @@ class PostgresStore(SQLAlchemyStore):
         )
         with self._read() as conn:
             moved = conn.exec_driver_sql(sql, params).scalar_one()
+            faults.point(faults.MID_COMMIT)
         return bool(moved == 1)
 
     def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:

@@ -83,6 +83,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool, StaticPool
 
+from celery_durable import faults
 from celery_durable.engine.journal import Event, Instance, Signal, State, Status
 from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
 from celery_durable.stores.base import Commit
@@ -305,6 +306,7 @@ class SQLAlchemyStore:
                     )
                 if new_events:
                     conn.execute(insert(events), new_events)
+                faults.point(faults.MID_COMMIT)
         except _Abort:
             return False
         return True

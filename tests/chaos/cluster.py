@@ -56,6 +56,7 @@ class Cluster:
 
     root: Path
     env: dict[str, str]
+    app_module: str = "chaos.worker_app"
     procs: list[Proc] = field(default_factory=list)
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
@@ -65,7 +66,7 @@ class Cluster:
         log_path = self.root / f"{name}.log"
         log = log_path.open("ab")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "chaos.worker_app", *args],
+            [sys.executable, "-m", "celery", "-A", self.app_module, *args],
             cwd=self.root,
             env=env,
             stdin=subprocess.DEVNULL,

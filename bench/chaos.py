@@ -1,0 +1,81 @@
+"""The fault soak: the workflow mix under kills, restarts and duplicates, for a set time.
+
+Starts a throwaway Redis (the broker) and PostgreSQL (the store, fsync on), two
+``celery worker --pool=prefork --concurrency=2`` and two ``celery beat`` subprocesses, and
+runs the rounds of ``tests/chaos/soak.py`` (the code CI runs, one round per fault) until
+``--duration`` seconds have passed: every round starts the whole mix and injects one fault
+drawn at random (a round in eight has none, for the baseline). Then it checks every
+workflow, the journal's audit trail and the run log (``tests/chaos/verdict.py``) and prints
+the figures::
+
+    python bench/chaos.py --duration 600 [--seed 1] [--generic-store]
+
+Exits 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from chaos.mix import MixConfig, make_mix_app  # noqa: E402
+from chaos.soak import FAULTS, run_soak  # noqa: E402
+from chaos.verdict import judge  # noqa: E402
+from servers import start_postgres_restartable, start_redis_restartable  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of rounds")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--generic-store",
+        action="store_true",
+        help="the generic SQLAlchemy store on PostgreSQL instead of the fast path",
+    )
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    faults = [f for f in FAULTS if f != "none"]
+    deadline = time.monotonic() + args.duration
+
+    def next_fault(number: int) -> str | None:
+        if number > 1 and time.monotonic() > deadline:
+            return None
+        if number == 1 or rng.random() < 1 / 8:
+            return "none"
+        return rng.choice(faults)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="celery-durable-soak-") as tmp,
+        start_redis_restartable() as redis,
+        start_postgres_restartable(durable=True) as postgres,
+    ):
+        root = Path(tmp) / "soak"
+        run = run_soak(
+            root,
+            redis,
+            postgres,
+            postgres.url,
+            next_fault,
+            seed=args.seed,
+            generic_store=args.generic_store,
+        )
+        mix = make_mix_app(MixConfig.from_env(run.config.env()))
+        try:
+            verdict = judge(run, mix.durable)
+        finally:
+            mix.durable.store.close()
+            mix.app.close()
+    print("\n".join(verdict.lines))
+    return 0 if verdict.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

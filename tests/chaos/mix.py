@@ -1,0 +1,294 @@
+"""The fault soak's app: a mix of durable workflows whose every outcome can be predicted.
+
+``make_mix_app`` builds it from a :class:`MixConfig`; ``mix_worker`` builds it from the
+``MIX_*`` environment for ``celery -A chaos.mix_worker worker|beat``, and the harness
+builds the same app in its own process to start workflows and send signals.
+
+The mix covers what the library promises to carry through a crash: steps with Celery
+retries (``autoretry_for``), local runs (``ctx.run``), short timers (ETA messages) and
+long ones (store only, woken by the tick), signals, ``ctx.gather`` with a child
+workflow, and a saga whose compensation runs.
+
+Every step writes its life to the run log (a file of ``label key event pid time`` lines,
+one ``O_APPEND`` write each, so lines from many processes never mix): ``start``, then
+``effect`` or ``dedup``, then ``end`` (or ``raise``). Its side effect goes through an
+idempotent "external service": a file named after the step's idempotency key, created with
+``O_EXCL``; the first run of a key applies the effect, a later run of the same key is
+deduplicated. So the log shows how many times a step ran, and whether it took effect
+exactly once.
+
+Test plumbing, none of it in the library:
+
+* every task message is published twice while the file ``<root>/duplicate`` exists
+  (``app.amqp.send_task_message`` wrapped): duplicate delivery on demand;
+* a crash point of :mod:`celery_durable.faults` is armed by creating
+  ``<root>/armed/<point>``; the first worker process to reach it takes the file (an atomic
+  rename, so exactly one does), logs it and SIGKILLs itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from celery_durable import Durable, WorkflowContext, current_step, faults
+from celery_durable.stores.base import Store
+
+#: The idempotency key's attempt number is appended to a log key as ``#attemptN``.
+ATTEMPT_SEP = "#attempt"
+
+
+class CreditRefused(Exception):
+    """The destination bank refuses the credit (a business failure: not retried)."""
+
+
+class Flaky(Exception):
+    """A transient failure; the step's Celery retry options retry it."""
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """Where the mix runs and writes; ``env()`` carries it to worker subprocesses."""
+
+    broker: str
+    store: str
+    queue: str
+    root: Path
+    generic_store: bool = False
+    """On PostgreSQL, use the generic SQLAlchemy store (multi-statement transactions)
+    instead of the single-statement fast path."""
+
+    @property
+    def log(self) -> Path:
+        return self.root / "runs.log"
+
+    @property
+    def effects(self) -> Path:
+        return self.root / "effects"
+
+    @property
+    def armed(self) -> Path:
+        return self.root / "armed"
+
+    @property
+    def duplicate_flag(self) -> Path:
+        return self.root / "duplicate"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "MIX_BROKER": self.broker,
+            "MIX_STORE": self.store,
+            "MIX_QUEUE": self.queue,
+            "MIX_ROOT": str(self.root),
+            "MIX_GENERIC_STORE": "1" if self.generic_store else "",
+        }
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ[str] = os.environ) -> MixConfig:
+        return cls(
+            broker=env["MIX_BROKER"],
+            store=env["MIX_STORE"],
+            queue=env["MIX_QUEUE"],
+            root=Path(env["MIX_ROOT"]),
+            generic_store=bool(env.get("MIX_GENERIC_STORE")),
+        )
+
+
+@dataclass(frozen=True)
+class MixApp:
+    """The app and the workflows the harness starts."""
+
+    app: Celery
+    durable: Durable
+    config: MixConfig
+
+
+def log_line(path: Path, label: str, key: str, event: str) -> None:
+    """Append one run-log line (one ``write``: atomic with ``O_APPEND``)."""
+    line = f"{label} {key} {event} {os.getpid()} {time.time():.6f}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _open_store(config: MixConfig) -> Store | str:
+    if not config.generic_store:
+        return config.store
+    from celery_durable.stores.sqlalchemy import SQLAlchemyStore
+
+    return SQLAlchemyStore(config.store)
+
+
+def _duplicate_messages(app: Celery, flag: Path) -> None:
+    """Publish every task message twice while ``flag`` exists (same id, same body)."""
+    amqp = app.amqp
+    send = amqp.send_task_message
+
+    def send_twice(producer: Any, name: str, message: Any, **kwargs: Any) -> Any:
+        sent = send(producer, name, message, **kwargs)
+        if flag.exists():
+            send(producer, name, message, **kwargs)
+        return sent
+
+    amqp.send_task_message = send_twice
+
+
+def install_crash_points(config: MixConfig) -> None:
+    """Arm :mod:`celery_durable.faults` in this process: a point crashes the first
+    process that reaches it after ``<root>/armed/<point>`` was created."""
+    config.armed.mkdir(parents=True, exist_ok=True)
+
+    def crash_if_armed(name: str) -> None:
+        armed = config.armed / name
+        try:
+            os.rename(armed, config.armed / f"{name}.fired")
+        except FileNotFoundError:
+            return
+        log_line(config.log, "fault", name, "crash")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    faults.set_handler(crash_if_armed)
+
+
+def make_mix_app(config: MixConfig) -> MixApp:
+    """The Celery app with the mix's steps and workflows (short timeouts: a soak round
+    lasts seconds)."""
+    config.root.mkdir(parents=True, exist_ok=True)
+    config.effects.mkdir(exist_ok=True)
+    app = Celery("mix", broker=config.broker, set_as_current=False)
+    app.conf.update(
+        task_default_queue=config.queue,
+        durable_tick_interval=0.5,
+        durable_heartbeat_interval=0.5,
+        durable_step_timeout=5,
+        durable_eta_max=2.0,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+    )
+    durable = Durable(app, store=_open_store(config))
+    _duplicate_messages(app, config.duplicate_flag)
+
+    def key() -> tuple[str, str]:
+        """``(idempotency key, log key)`` of the running step."""
+        info = current_step()
+        assert info is not None, "a mix step runs inside a workflow"
+        return info.idempotency_key, f"{info.idempotency_key}{ATTEMPT_SEP}{info.attempt}"
+
+    def effect(label: str, seconds: float = 0.0) -> None:
+        """Run for ``seconds``, then apply this step's effect once per idempotency key."""
+        idem, log_key = key()
+        log_line(config.log, label, log_key, "start")
+        time.sleep(seconds)
+        marker = config.effects / idem.replace("/", "_")
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            log_line(config.log, label, log_key, "effect")
+        except FileExistsError:
+            log_line(config.log, label, log_key, "dedup")
+        log_line(config.log, label, log_key, "end")
+
+    @durable.step(name="mix.work")
+    def work(label: str, seconds: float = 0.0) -> str:
+        effect(label, seconds)
+        return label
+
+    @durable.step(name="mix.debit")
+    def debit(account: str, amount: int) -> str:
+        effect("debit")
+        return f"debit-{account}-{amount}"
+
+    @durable.step(name="mix.credit")
+    def credit(account: str, amount: int, refuse: bool) -> str:
+        if refuse:
+            _idem, log_key = key()
+            log_line(config.log, "credit", log_key, "start")
+            log_line(config.log, "credit", log_key, "raise")
+            raise CreditRefused(f"account {account} refuses {amount}")
+        effect("credit")
+        return f"credit-{account}-{amount}"
+
+    @durable.step(name="mix.refund")
+    def refund(account: str, amount: int) -> str:
+        effect("refund")
+        return f"refund-{account}-{amount}"
+
+    @durable.step(
+        name="mix.flaky",
+        autoretry_for=(Flaky,),
+        max_retries=20,
+        default_retry_delay=0.2,
+        retry_backoff=False,
+        retry_jitter=False,
+    )
+    def flaky(failures: int) -> str:
+        info = current_step()
+        assert info is not None
+        if info.attempt <= failures:
+            log_key = f"{info.idempotency_key}{ATTEMPT_SEP}{info.attempt}"
+            log_line(config.log, "flaky", log_key, "start")
+            log_line(config.log, "flaky", log_key, "raise")
+            raise Flaky(f"attempt {info.attempt} of {failures} planned failures")
+        effect("flaky")
+        return "flaky-ok"
+
+    def new_token() -> str:
+        return uuid.uuid4().hex
+
+    @durable.workflow(name="mix.transfer")
+    async def transfer(ctx: WorkflowContext, account: str, amount: int, refuse: bool) -> str:
+        async with ctx.saga() as saga:
+            await ctx.step(debit, account, amount)
+            saga.compensate(refund, account, amount)
+            await ctx.step(credit, "dst", amount, refuse)
+        return "transferred"
+
+    @durable.workflow(name="mix.retry_and_run")
+    async def retry_and_run(ctx: WorkflowContext, failures: int) -> list[str]:
+        token = await ctx.run(new_token)
+        done = await ctx.step(flaky, failures)
+        return [token, done]
+
+    @durable.workflow(name="mix.timers")
+    async def timers(ctx: WorkflowContext, short: float, long: float) -> str:
+        await ctx.sleep(short)  # within durable_eta_max: an ETA message
+        await ctx.step(work, "tick")
+        await ctx.sleep(long)  # beyond it: only the store knows, the tick wakes it
+        await ctx.step(work, "tock")
+        return "slept"
+
+    @durable.workflow(name="mix.signals")
+    async def signals(ctx: WorkflowContext) -> list[Any]:
+        first = await ctx.wait_signal("go", timeout=600)
+        second = await ctx.wait_signal("go", timeout=600)
+        await ctx.step(work, "signalled")
+        return [first, second]
+
+    @durable.workflow(name="mix.child")
+    async def child(ctx: WorkflowContext, n: int) -> int:
+        await ctx.step(work, "child", 0.2)
+        await ctx.sleep(0.3)
+        return n * 10
+
+    @durable.workflow(name="mix.fanout")
+    async def fanout(ctx: WorkflowContext, seconds: float) -> list[Any]:
+        return await ctx.gather(
+            ctx.step(work, "fan0", seconds),
+            ctx.step(work, "fan1", seconds),
+            ctx.child(child, 3),
+        )
+
+    @durable.workflow(name="mix.long_steps")
+    async def long_steps(ctx: WorkflowContext, seconds: float) -> list[str]:
+        return [await ctx.step(work, "long1", seconds), await ctx.step(work, "long2", seconds)]
+
+    return MixApp(app=app, durable=durable, config=config)

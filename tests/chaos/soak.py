@@ -1,0 +1,501 @@
+"""The fault soak: the workflow mix on real prefork workers and two beats, under faults.
+
+Run in rounds. Each round starts one workflow of every kind in the mix (``chaos.mix``),
+sends the signal workflow its two signals at random moments, injects one fault at a random
+moment (or none: the baseline), and waits for every workflow of the round to end. The
+faults:
+
+* ``worker_group_kill``: SIGKILL of a worker's whole process group (main process and pool:
+  nothing is acked or requeued); a replacement worker starts at once;
+* ``pool_child_kill``: SIGKILL of one pool child, preferably one running a step (the main
+  process survives, sees the child die and requeues its message: ``reject_on_worker_lost``);
+* ``redis_loss``: Redis SIGKILLed and restarted empty after a second (no persistence:
+  every queued, scheduled and unacked message is gone);
+* ``postgres_restart``: PostgreSQL immediate shutdown, restarted two seconds later (crash
+  recovery on start);
+* ``duplicates``: every task message published twice for the whole round;
+* ``crash:<point>``: the first worker process to reach a :mod:`celery_durable.faults`
+  point SIGKILLs itself there (after a step ran, before its outcome is journaled; after an
+  orchestrator commit, before its messages are published; in the middle of a commit).
+
+Two beats run all the time (two ticks at once). ``chaos.verdict`` then checks everything
+the journal, the audit trail and the run log say, and prints the figures.
+
+Shared by ``tests/chaos/test_soak.py`` (one round per fault, in CI) and ``bench/chaos.py``
+(the same rounds for as long as ``--duration`` says).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from kombu.exceptions import OperationalError
+from servers import PostgresServer, RedisServer
+from sqlalchemy import create_engine
+
+from celery_durable import faults
+from celery_durable.client import start
+from celery_durable.errors import StoreError
+from chaos.cluster import Cluster, Proc
+from chaos.mix import MixApp, MixConfig, make_mix_app
+
+#: The faults, in the order one CI run injects them.
+FAULTS = (
+    "none",
+    "worker_group_kill",
+    "pool_child_kill",
+    "redis_loss",
+    "postgres_restart",
+    "duplicates",
+    *(f"crash:{point}" for point in faults.POINTS),
+)
+
+#: What a publish raises while Redis is down.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionError, OSError)
+
+#: A round whose workflows have not all ended this long after its start counts them lost.
+ROUND_TIMEOUT = 90.0
+WORKERS = 2
+CONCURRENCY = 2
+
+# The audit trail: every journal record inserted or changing state, and every signal
+# consumed, with the database's clock (so a run can be compared with its commit).
+AUDIT_DDL = """
+CREATE TABLE IF NOT EXISTS chaos_audit (
+    id bigserial PRIMARY KEY,
+    tbl text NOT NULL,
+    instance_id text NOT NULL,
+    seq integer,
+    kind text,
+    old_state text,
+    new_state text,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE OR REPLACE FUNCTION chaos_audit_events() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO chaos_audit (tbl, instance_id, seq, kind, old_state, new_state)
+        VALUES ('events', NEW.instance_id, NEW.seq, NEW.kind, NULL, NEW.state);
+    ELSIF OLD.state IS DISTINCT FROM NEW.state OR OLD.output IS DISTINCT FROM NEW.output
+          OR OLD.failure IS DISTINCT FROM NEW.failure THEN
+        INSERT INTO chaos_audit (tbl, instance_id, seq, kind, old_state, new_state)
+        VALUES ('events', NEW.instance_id, NEW.seq, NEW.kind, OLD.state, NEW.state);
+    END IF;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER chaos_audit_events AFTER INSERT OR UPDATE ON durable_events
+    FOR EACH ROW EXECUTE FUNCTION chaos_audit_events();
+CREATE OR REPLACE FUNCTION chaos_audit_signals() RETURNS trigger AS $$
+BEGIN
+    IF OLD.consumed_seq IS DISTINCT FROM NEW.consumed_seq THEN
+        INSERT INTO chaos_audit (tbl, instance_id, seq, kind, old_state, new_state)
+        VALUES ('signals', NEW.instance_id, NEW.consumed_seq, NEW.name,
+                OLD.consumed_seq::text, NEW.consumed_seq::text);
+    END IF;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER chaos_audit_signals AFTER UPDATE ON durable_signals
+    FOR EACH ROW EXECUTE FUNCTION chaos_audit_signals();
+"""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One workflow the soak started, and what it must end as."""
+
+    id: str
+    workflow: str
+    round: int
+    status: str
+    """``"completed"`` or ``"failed"``."""
+    result: Any = None
+    """The exact result (``None`` with ``check``)."""
+    check: str = ""
+    """A named check instead of an exact result (see ``verdict``)."""
+    failure_type: str = ""
+    effects: tuple[str, ...] = ()
+    """Labels of the steps that must take effect exactly once (children's included)."""
+    signals: tuple[str, ...] = ()
+
+
+@dataclass
+class Round:
+    """One round: its workflows, its fault and when things happened (wall clock)."""
+
+    number: int
+    fault: str
+    started_at: float
+    planned: list[Planned]
+    fault_at: float | None = None
+    fault_note: str = ""
+    ended_at: float | None = None
+    """When its last workflow ended (the journal's ``updated_at``), if all did."""
+
+
+@dataclass
+class SoakRun:
+    """Everything the run did, for ``verdict``."""
+
+    config: MixConfig
+    rounds: list[Round] = field(default_factory=list)
+    unexpected_exits: list[str] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+    logs: str = ""
+
+
+def install_audit(store_url: str) -> None:
+    """Add the audit triggers to the store's database (its schema must exist)."""
+    engine = create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(AUDIT_DDL)
+    finally:
+        engine.dispose()
+
+
+def plan_round(number: int, rng: random.Random) -> list[tuple[Planned, tuple[Any, ...]]]:
+    """The workflows of one round (ids unique to the run) and their arguments."""
+    tag = f"r{number}-{uuid.uuid4().hex[:6]}"
+    p1, p2 = f"{tag}-go-1", f"{tag}-go-2"
+    refuse = number % 2 == 1
+    return [
+        (
+            Planned(
+                f"{tag}-transfer",
+                "mix.transfer",
+                number,
+                "failed" if refuse else "completed",
+                result=None if refuse else "transferred",
+                failure_type="CreditRefused" if refuse else "",
+                effects=("debit", "refund") if refuse else ("debit", "credit"),
+            ),
+            ("acct", 10 + number, refuse),
+        ),
+        (
+            Planned(
+                f"{tag}-retry",
+                "mix.retry_and_run",
+                number,
+                "completed",
+                check="token_then_flaky",
+                effects=("flaky",),
+            ),
+            (2,),
+        ),
+        (
+            Planned(
+                f"{tag}-timers",
+                "mix.timers",
+                number,
+                "completed",
+                result="slept",
+                effects=("tick", "tock"),
+            ),
+            (0.5, 3.0 + rng.random() * 2),
+        ),
+        (
+            Planned(
+                f"{tag}-signals",
+                "mix.signals",
+                number,
+                "completed",
+                result=[p1, p2],
+                effects=("signalled",),
+                signals=(p1, p2),
+            ),
+            (),
+        ),
+        (
+            Planned(
+                f"{tag}-fanout",
+                "mix.fanout",
+                number,
+                "completed",
+                result=["fan0", "fan1", 30],
+                effects=("fan0", "fan1", "child"),
+            ),
+            (1.0,),
+        ),
+        (
+            Planned(
+                f"{tag}-long",
+                "mix.long_steps",
+                number,
+                "completed",
+                result=["long1", "long2"],
+                effects=("long1", "long2"),
+            ),
+            (1.5,),
+        ),
+    ]
+
+
+def retrying(
+    what: Callable[[], Any],
+    seconds: float = 60.0,
+    errors: tuple[type[BaseException], ...] = (StoreError,),
+) -> Any:
+    """Call ``what`` until it does not raise ``errors`` (the soak itself restarts the
+    servers)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return what()
+        except errors:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+class Soak:
+    """The servers, the cluster and the mix app of one soak run."""
+
+    def __init__(
+        self,
+        root: Path,
+        redis: RedisServer,
+        postgres: PostgresServer,
+        store_url: str,
+        *,
+        seed: int = 0,
+        generic_store: bool = False,
+    ) -> None:
+        self.redis = redis
+        self.postgres = postgres
+        self.rng = random.Random(seed)
+        self.config = MixConfig(
+            broker=redis.url,
+            store=store_url,
+            queue=f"mix-{uuid.uuid4().hex[:8]}",
+            root=root,
+            generic_store=generic_store,
+        )
+        self.mix: MixApp = make_mix_app(self.config)
+        self.mix.durable.store.get("-")  # creates the schema before the audit and the workers
+        install_audit(store_url)
+        self.cluster = Cluster(root, self.config.env(), app_module="chaos.mix_worker")
+        self.run = SoakRun(self.config)
+        self._names = (f"w{i}" for i in range(1, 1_000_000))
+
+    # ------------------------------------------------------------------ processes
+
+    def _workers(self) -> list[Proc]:
+        return [p for p in self.cluster.procs if p.name.startswith("w") and not p.killed]
+
+    def _beats(self) -> list[Proc]:
+        return [p for p in self.cluster.procs if p.name.startswith("beat") and not p.killed]
+
+    def start_cluster(self) -> None:
+        workers = [self.cluster.worker(next(self._names), CONCURRENCY) for _ in range(WORKERS)]
+        self.cluster.beat("beat1")
+        self.cluster.beat("beat2")  # two ticks at once, all the time
+        for worker in workers:
+            self.cluster.wait_ready(worker)
+
+    def _keep_alive(self) -> None:
+        """Restart any worker or beat that exited without being killed (and say so)."""
+        for proc in [*self._workers(), *self._beats()]:
+            if proc.popen.poll() is not None:
+                proc.killed = True
+                self.run.unexpected_exits.append(
+                    f"{proc.name} exited with {proc.popen.returncode}; "
+                    f"last lines: {proc.log_text().splitlines()[-5:]}"
+                )
+                if proc.name.startswith("beat"):
+                    self.cluster.beat(f"{proc.name}x")
+                else:
+                    self.cluster.worker(next(self._names), CONCURRENCY)
+
+    # ------------------------------------------------------------------ faults
+
+    def _busy_children(self) -> list[int]:
+        """Pool children of live workers, those running a mix step first."""
+        children: list[int] = []
+        for worker in self._workers():
+            with contextlib.suppress(psutil.Error):
+                children += [c.pid for c in psutil.Process(worker.popen.pid).children()]
+        running = _running_pids(self.config.log)
+        busy = [pid for pid in children if pid in running]
+        return busy or children
+
+    def inject(self, fault: str, rnd: Round) -> None:
+        """Inject ``fault`` now (``duplicates`` and ``crash:`` are set up at round start)."""
+        now = time.time()
+        if fault == "worker_group_kill":
+            victim = self.rng.choice(self._workers())
+            self.cluster.kill(victim)
+            self.cluster.worker(next(self._names), CONCURRENCY)
+            rnd.fault_at, rnd.fault_note = now, f"killed {victim.name}'s process group"
+        elif fault == "pool_child_kill":
+            pids = self._busy_children()
+            pid = self.rng.choice(pids)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            rnd.fault_at, rnd.fault_note = now, f"killed pool child {pid}"
+        elif fault == "redis_loss":
+            self.redis.kill()
+            time.sleep(1.0)
+            self.redis.start()
+            rnd.fault_at, rnd.fault_note = now, "Redis SIGKILLed, restarted empty 1 s later"
+        elif fault == "postgres_restart":
+            self.postgres.crash()
+            time.sleep(2.0)
+            self.postgres.start()
+            rnd.fault_at, rnd.fault_note = now, "PostgreSQL immediate shutdown, up 2 s later"
+        else:
+            raise ValueError(f"unknown fault {fault!r}")
+
+    @contextlib.contextmanager
+    def _round_setup(self, fault: str, rnd: Round) -> Iterator[None]:
+        flag = self.config.duplicate_flag
+        if fault == "duplicates":
+            flag.touch()
+            rnd.fault_at, rnd.fault_note = time.time(), "every message published twice"
+        elif fault.startswith("crash:"):
+            (self.config.armed / fault.split(":", 1)[1]).touch()
+        try:
+            yield
+        finally:
+            flag.unlink(missing_ok=True)
+            if fault.startswith("crash:"):
+                point = fault.split(":", 1)[1]
+                (self.config.armed / point).unlink(missing_ok=True)
+                fired = _crash_time(self.config.log, point, rnd.started_at)
+                if fired is not None:
+                    rnd.fault_at, rnd.fault_note = fired, f"a worker process died at {point}"
+                else:
+                    rnd.fault_note = f"{point} was never reached"
+
+    # ------------------------------------------------------------------ rounds
+
+    def round(self, fault: str) -> Round:
+        """Run one round with ``fault``; returns once its workflows ended (or timed out)."""
+        self._keep_alive()
+        number = len(self.run.rounds) + 1
+        rnd = Round(number, fault, time.time(), [])
+        self.run.rounds.append(rnd)
+        durable = self.mix.durable
+        with self._round_setup(fault, rnd):
+            plans = plan_round(number, self.rng)
+            for planned, args in plans:
+                # Starting again with the same id is idempotent (and re-sends the first
+                # message), so any failure, of the store or of the broker, is retried.
+                retrying(
+                    lambda p=planned, a=args: start(durable, p.workflow, a, {}, workflow_id=p.id),
+                    errors=(Exception,),
+                )
+                rnd.planned.append(planned)
+            t0 = time.time()
+            actions: list[tuple[float, Callable[[], None]]] = []
+            for planned in rnd.planned:
+                for i, payload in enumerate(planned.signals):
+                    at = t0 + self.rng.uniform(0.0, 1.5) + 1.5 * i
+
+                    def send(p: Planned = planned, value: str = payload) -> None:
+                        # A store error: not stored, send again. A broker error: stored
+                        # already (the store comes first); its wake-up is the store's.
+                        with contextlib.suppress(*BROKER_ERRORS):
+                            retrying(lambda: durable.signal(p.id, "go", value))
+
+                    actions.append((at, send))
+            if fault not in ("none", "duplicates") and not fault.startswith("crash:"):
+                actions.append((t0 + self.rng.uniform(0.5, 3.0), lambda: self.inject(fault, rnd)))
+            for at, action in sorted(actions, key=lambda pair: pair[0]):
+                time.sleep(max(0.0, at - time.time()))
+                action()
+            rnd.ended_at = self._wait_round(rnd)
+        return rnd
+
+    def _wait_round(self, rnd: Round) -> float | None:
+        """Wait until every workflow of the round (and its children) ended."""
+        store = self.mix.durable.store
+        ids = [p.id for p in rnd.planned]
+        deadline = rnd.started_at + ROUND_TIMEOUT
+        while time.time() < deadline:
+            try:
+                instances = store.get_many(ids)
+                children = [
+                    i for i in store.list(limit=10_000) if i.parent_id in ids and i.id not in ids
+                ]
+            except StoreError:
+                time.sleep(0.2)
+                continue
+            everything = instances + children
+            if len(instances) == len(ids) and all(i.status.is_terminal for i in everything):
+                return max(i.updated_at.timestamp() for i in everything)
+            time.sleep(0.2)
+            self._keep_alive()
+        return None
+
+    def close(self) -> None:
+        try:
+            self.cluster.stop_all()
+        finally:
+            self.run.logs = self.cluster.logs(tail=60)
+            self.mix.durable.store.close()
+            self.mix.app.close()
+
+
+def _running_pids(log: Path) -> set[int]:
+    """Pids with a mix step started and not ended, per the run log."""
+    running: dict[str, int] = {}
+    if not log.exists():
+        return set()
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 5:
+            continue
+        _label, key, event, pid, _at = parts
+        if event == "start":
+            running[key] = int(pid)
+        elif event in ("end", "raise"):
+            running.pop(key, None)
+    return set(running.values())
+
+
+def _crash_time(log: Path, point: str, since: float) -> float | None:
+    if not log.exists():
+        return None
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[0] == "fault" and parts[1] == point:
+            at = float(parts[4])
+            if at >= since:
+                return at
+    return None
+
+
+def run_soak(
+    root: Path,
+    redis: RedisServer,
+    postgres: PostgresServer,
+    store_url: str,
+    faults_to_inject: Callable[[int], str | None],
+    *,
+    seed: int = 0,
+    generic_store: bool = False,
+) -> SoakRun:
+    """Run rounds while ``faults_to_inject(round_number)`` names a fault (``None``: stop)."""
+    soak = Soak(root, redis, postgres, store_url, seed=seed, generic_store=generic_store)
+    soak.run.started = time.time()
+    try:
+        soak.start_cluster()
+        number = 1
+        while (fault := faults_to_inject(number)) is not None:
+            soak.round(fault)
+            number += 1
+    finally:
+        soak.run.finished = time.time()
+        soak.close()
+    return soak.run

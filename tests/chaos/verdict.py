@@ -1,0 +1,356 @@
+"""What a soak run did, checked: every workflow's end, the journal's audit trail, the run
+log; and the figures, as printed lines.
+
+The checks (``Verdict.violations`` lists every breach; a sound run has none):
+
+* every workflow reaches the terminal state and result it must (none lost);
+* no journal record is written twice: a record, once final (completed or failed), is
+  never changed again (the audit trigger sees every change), and each record is inserted
+  once; so every timer fires once and every outcome is journaled once;
+* no step runs again after its outcome was journaled: no run log ``start`` comes more than
+  :data:`RACE_MARGIN` after the audit's commit of that step's outcome (a run that began
+  just before the commit, say a duplicate delivery's, is a race, counted not failed);
+* every step ran at least once, and took effect exactly once under its idempotency key;
+* every signal is consumed exactly once (the audit), and delivered in the order sent (the
+  results).
+
+Extra step runs are counted and explained: the run before it was killed, ran at the same
+time (a duplicate delivery), or ended without its outcome being journaled (a crash between
+the two, or a store outage at the commit). Planned Celery retries are counted apart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import create_engine
+
+from celery_durable import Durable
+from celery_durable.engine.journal import Instance
+from chaos.mix import ATTEMPT_SEP
+from chaos.soak import Planned, SoakRun
+
+#: A run may start this long after its outcome's commit and still be a race (it read the
+#: journal just before the commit): scheduling jitter on a loaded two-core machine.
+RACE_MARGIN = 1.0
+FINAL = ("completed", "failed")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One execution of a step, from the run log."""
+
+    label: str
+    idem: str
+    attempt: int
+    pid: int
+    start: float
+    end: float | None
+    raised: bool
+    effect: bool
+
+
+@dataclass
+class Verdict:
+    """The checks' outcome and the figures."""
+
+    violations: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    started: int = 0
+    children: int = 0
+    completed_as_planned: int = 0
+    lost: list[str] = field(default_factory=list)
+    extra_runs: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    races: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def read_runs(log_text: str) -> tuple[list[Run], list[tuple[str, float]]]:
+    """Step runs (in start order) and crash-point firings from the run log."""
+    starts: dict[str, tuple[str, int, float]] = {}
+    ends: dict[str, float] = {}
+    raised: set[str] = set()
+    effects: set[str] = set()
+    crashes: list[tuple[str, float]] = []
+    order: list[str] = []
+    for line in log_text.splitlines():
+        parts = line.split()
+        if len(parts) != 5:
+            continue
+        label, key, event, pid, at = parts
+        if label == "fault":
+            crashes.append((key, float(at)))
+            continue
+        # One run is one (log key, pid): a log key repeats when a killed run's attempt
+        # number is reused (nothing journaled its start).
+        run_key = f"{key} {pid}"
+        if event == "start":
+            starts[run_key] = (label, int(pid), float(at))
+            order.append(run_key)
+        elif event == "end":
+            ends[run_key] = float(at)
+        elif event == "raise":
+            raised.add(run_key)
+            ends[run_key] = float(at)
+        elif event == "effect":
+            effects.add(run_key)
+    runs = []
+    for run_key in order:
+        label, pid, at = starts[run_key]
+        log_key = run_key.split(" ", 1)[0]
+        idem, _, attempt = log_key.partition(ATTEMPT_SEP)
+        runs.append(
+            Run(
+                label,
+                idem,
+                int(attempt or 0),
+                pid,
+                at,
+                ends.get(run_key),
+                run_key in raised,
+                run_key in effects,
+            )
+        )
+    runs.sort(key=lambda r: r.start)
+    return runs, crashes
+
+
+def read_audit(store_url: str) -> list[dict[str, Any]]:
+    engine = create_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT tbl, instance_id, seq, kind, old_state, new_state, at "
+                "FROM chaos_audit ORDER BY id"
+            )
+            return [dict(row._mapping) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def _root_of(idem: str, roots: list[str]) -> str | None:
+    """The planned workflow a step's idempotency key belongs to (children included)."""
+    for root in roots:
+        if idem.startswith(root + ":"):
+            return root
+    return None
+
+
+def judge(run: SoakRun, durable: Durable) -> Verdict:
+    """Check ``run`` against the journal, the audit trail and the run log."""
+    v = Verdict()
+    store = durable.store
+    planned: dict[str, Planned] = {p.id: p for r in run.rounds for p in r.planned}
+    ids = list(planned)
+    instances = {i.id: i for i in store.get_many(ids)}
+    all_instances = store.list(limit=100_000)
+    children = [i for i in all_instances if i.parent_id in planned]
+    v.started, v.children = len(planned), len(children)
+    runs, _crashes = read_runs(run.config.log.read_text() if run.config.log.exists() else "")
+    audit = read_audit(run.config.store)
+
+    # 1. Every workflow ends as planned.
+    for p in planned.values():
+        problem = _check_end(p, instances.get(p.id), durable)
+        if problem:
+            v.violations.append(f"{p.id}: {problem}")
+            if instances.get(p.id) is None or not instances[p.id].status.is_terminal:
+                v.lost.append(p.id)
+        else:
+            v.completed_as_planned += 1
+    for child in children:
+        if child.status.value != "completed":
+            v.violations.append(f"child {child.id}: {child.status.value}, not completed")
+
+    # 2. No journal record written twice; timers and outcomes once.
+    inserts: Counter[tuple[str, int]] = Counter()
+    finals: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    consumed: Counter[tuple[str, int]] = Counter()
+    for row in audit:
+        key = (row["instance_id"], row["seq"])
+        if row["tbl"] == "signals":
+            if row["old_state"] is not None:
+                v.violations.append(f"signal of {key} consumed again: {row}")
+            consumed[key] += 1
+            continue
+        if row["old_state"] is None:
+            inserts[key] += 1
+        elif row["old_state"] in FINAL:
+            v.violations.append(f"journal record {key} rewritten after it was final: {row}")
+        if row["new_state"] in FINAL and row["old_state"] not in FINAL:
+            finals[key].append(row)
+    for key, count in inserts.items():
+        if count > 1:
+            v.violations.append(f"journal record {key} inserted {count} times")
+    timers = [rows for rows in finals.values() if rows[0]["kind"] == "timer"]
+    twice = [rows for rows in finals.values() if len(rows) > 1]
+    v.violations += [f"outcome journaled {len(rows)} times: {rows}" for rows in twice]
+
+    # 3. No run after the outcome was journaled; extra runs explained.
+    final_at: dict[str, datetime] = {
+        f"{instance_id}:{seq}": rows[0]["at"] for (instance_id, seq), rows in finals.items()
+    }
+    by_key: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        by_key[r.idem].append(r)
+        done = final_at.get(r.idem)
+        if done is not None and r.start > done.timestamp():
+            late = r.start - done.timestamp()
+            if late > RACE_MARGIN:
+                v.violations.append(
+                    f"step {r.idem} ({r.label}) ran {late:.2f} s after its outcome was journaled"
+                )
+            else:
+                v.races += 1
+    for key_runs in by_key.values():
+        for before, after in itertools.pairwise(key_runs):
+            if before.raised and before.label == "flaky":
+                v.retries += 1
+            elif before.end is None:
+                v.extra_runs["the run before it was killed"] += 1
+            elif after.start < before.end:
+                v.extra_runs["ran alongside another copy (duplicate delivery)"] += 1
+            else:
+                v.extra_runs["the run before ended but its outcome was not journaled"] += 1
+
+    # 4. At least once; exactly once in effect.
+    roots = sorted(planned, key=len, reverse=True)
+    effects: dict[str, Counter[str]] = defaultdict(Counter)
+    ran: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        root = _root_of(r.idem, roots)
+        if root is None:
+            continue
+        ran[root].add(r.label)
+        if r.effect:
+            effects[root][r.label] += 1
+    effect_keys = 0
+    for p in planned.values():
+        if p.id in v.lost:
+            continue
+        for label in p.effects:
+            effect_keys += 1
+            if label not in ran[p.id]:
+                v.violations.append(f"{p.id}: step {label} never ran")
+            elif effects[p.id][label] != 1:
+                v.violations.append(
+                    f"{p.id}: step {label} took effect {effects[p.id][label]} times"
+                )
+        unexpected = set(effects[p.id]) - set(p.effects)
+        if unexpected:
+            v.violations.append(f"{p.id}: unexpected effects {sorted(unexpected)}")
+
+    # 5. Signals: each consumed once (audit), delivered in order (results, checked above).
+    sent = sum(len(p.signals) for p in planned.values())
+    signal_instances = {p.id for p in planned.values() if p.signals}
+    consumed_total = sum(n for (iid, _), n in consumed.items() if iid in signal_instances)
+    if consumed_total != sent:
+        v.violations.append(f"signals: {sent} sent, {consumed_total} consumptions journaled")
+
+    v.lines = _figures(run, v, runs, audit, timers, effect_keys, sent, consumed_total)
+    return v
+
+
+def _check_end(p: Planned, instance: Instance | None, durable: Durable) -> str:
+    if instance is None:
+        return "not in the store"
+    status = instance.status.value
+    if status != p.status:
+        failure = instance.failure
+        why = f" ({failure.type}: {failure.message[:200]})" if failure else ""
+        return f"ended {status}{why}, planned {p.status}"
+    if p.status == "failed":
+        failure = instance.failure
+        if failure is None or failure.type != p.failure_type:
+            return f"failed with {failure}, planned {p.failure_type}"
+        return ""
+    result = durable.codec(instance.serializer).loads(instance.output) if instance.output else None
+    if p.check == "token_then_flaky":
+        history = durable.handle(p.id).history()
+        token = next(e.result for e in history if e.kind.value == "run")
+        if result != [token, "flaky-ok"]:
+            return f"result {result!r}, planned [{token!r}, 'flaky-ok'] (journaled token)"
+        return ""
+    if result != p.result:
+        return f"result {result!r}, planned {p.result!r}"
+    return ""
+
+
+def _figures(
+    run: SoakRun,
+    v: Verdict,
+    runs: list[Run],
+    audit: list[dict[str, Any]],
+    timers: list[Any],
+    effect_keys: int,
+    sent: int,
+    consumed: int,
+) -> list[str]:
+    rounds = run.rounds
+    minutes = (run.finished - run.started) / 60
+    faults = Counter(r.fault for r in rounds if r.fault != "none")
+    lines = [
+        f"soak: {len(rounds)} rounds in {minutes:.1f} min; PostgreSQL + Redis, "
+        "2 prefork workers x 2 processes, 2 beats",
+        f"workflows: started {v.started} (+{v.children} children), ended as planned "
+        f"{v.completed_as_planned}, lost {len(v.lost)}",
+        "faults injected: "
+        + (", ".join(f"{kind} {n}" for kind, n in sorted(faults.items())) or "none"),
+    ]
+    baseline = [r.ended_at - r.started_at for r in rounds if r.fault == "none" and r.ended_at]
+    if baseline:
+        lines.append(
+            f"round without fault: all ended {statistics.median(baseline):.1f} s after start "
+            f"(median of {len(baseline)})"
+        )
+    by_fault: dict[str, list[float]] = defaultdict(list)
+    for r in rounds:
+        if r.fault != "none" and r.fault_at is not None and r.ended_at is not None:
+            by_fault[r.fault].append(r.ended_at - r.fault_at)
+        elif r.fault != "none" and r.ended_at is None:
+            lines.append(f"  round {r.number} ({r.fault}): NOT all ended")
+        elif r.fault != "none":
+            lines.append(f"  round {r.number} ({r.fault}): {r.fault_note}")
+    lines.append("fault -> every workflow of its round ended (median / max):")
+    for kind, seconds in sorted(by_fault.items()):
+        lines.append(
+            f"  {kind:<34} {statistics.median(seconds):5.1f} s / {max(seconds):5.1f} s "
+            f"({len(seconds)} faults)"
+        )
+    extra = sum(v.extra_runs.values())
+    why = "; ".join(f"{reason}: {n}" for reason, n in v.extra_runs.items())
+    lines.append(
+        f"step runs: {len(runs)}; planned Celery retries: {v.retries}; extra runs: {extra}"
+        + (f" ({why})" if extra else "")
+    )
+    lines.append(
+        f"effects: {effect_keys} steps, each took effect exactly once: "
+        f"{'yes' if not any('took effect' in x for x in v.violations) else 'NO'}"
+    )
+    records = sum(1 for row in audit if row["tbl"] == "events" and row["old_state"] is None)
+    lines.append(
+        f"journal: {records} records; outcomes journaled twice or rewritten: "
+        f"{sum('journal' in x or 'outcome journaled' in x for x in v.violations)}; "
+        f"timers fired: {len(timers)}, each once"
+    )
+    lines.append(f"signals: {sent} sent, {consumed} consumed (each exactly once)")
+    lines.append(
+        f"steps run after their outcome was journaled: "
+        f"{sum('after its outcome' in x for x in v.violations)} "
+        f"(runs racing the commit by < {RACE_MARGIN:g} s: {v.races})"
+    )
+    if run.unexpected_exits:
+        lines.append(f"processes that exited on their own: {len(run.unexpected_exits)}")
+        lines += [f"  {e}" for e in run.unexpected_exits]
+    lines.append(f"violations: {len(v.violations)}")
+    lines += [f"  {x}" for x in v.violations[:30]]
+    return lines
