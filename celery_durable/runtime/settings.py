@@ -31,6 +31,10 @@ class Settings:
         heartbeat_interval: seconds between two heartbeats of a running step
             (``durable_heartbeat_interval``, default 2); a step that misses five is
             presumed dead with its worker and sent again.
+        outcome_patience: seconds a step that has run keeps trying to journal its outcome
+            while the store is out of reach (``durable_outcome_patience``, default 60),
+            still beating, so a database restart or failover does not run the step
+            again. Past it, the step is retried by Celery, which runs it again.
     """
 
     store: str
@@ -40,6 +44,7 @@ class Settings:
     tick_interval: float = 5.0
     step_timeout: float = 300.0
     heartbeat_interval: float = 2.0
+    outcome_patience: float = 60.0
 
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
@@ -55,6 +60,7 @@ class Settings:
             ("tick_interval", cls.tick_interval),
             ("step_timeout", cls.step_timeout),
             ("heartbeat_interval", cls.heartbeat_interval),
+            ("outcome_patience", cls.outcome_patience),
         ):
             value = conf.get(f"durable_{name}")
             value = default if value is None else value

@@ -11,7 +11,9 @@ then:
 2. runs the user function (Celery's ``autoretry_for`` wraps it; a retry publishes a new
    message with the same id and journals nothing);
 3. journals the outcome and advances the workflow in one commit, publishing the next
-   step from this same worker: one broker hop per step, like a bare chain.
+   step from this same worker: one broker hop per step, like a bare chain. While the
+   store is out of reach it keeps trying (and beating) for ``durable_outcome_patience``
+   seconds, so a database restart does not make the step run again.
 
 Called outside a workflow (``my_step.delay(...)`` or ``my_step(...)``), it is a plain task;
 task ids of the form ``"<anything>:<integer>"`` are reserved for workflow steps.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -134,25 +137,27 @@ class DurableStep(Task):  # type: ignore[misc]
             )
         )
         failed: BaseException | None = None
-        try:
-            with durable.heartbeats.track(workflow_id, seq):
+        result: Any = None
+        # The beats go on until the outcome is journaled: a step waiting for the store
+        # to come back must not look dead and be sent again.
+        with durable.heartbeats.track(workflow_id, seq):
+            try:
                 result = self.run(*args, **kwargs)
-        except Retry:
-            raise
-        except Exception as exc:
-            failed = exc
-        finally:
-            _current.reset(token)
-
-        faults.point(faults.STEP_RAN)
-        outcome = StepOutcome(
-            seq,
-            result=result if failed is None else None,
-            failure=None if failed is None else Failure.from_exception(failed),
-            attempts=attempt,
-            started_at=started_at,
-        )
-        self._advance(workflow_id, outcome, journal)
+            except Retry:
+                raise
+            except Exception as exc:
+                failed = exc
+            finally:
+                _current.reset(token)
+            faults.point(faults.STEP_RAN)
+            outcome = StepOutcome(
+                seq,
+                result=result if failed is None else None,
+                failure=None if failed is None else Failure.from_exception(failed),
+                attempts=attempt,
+                started_at=started_at,
+            )
+            self._advance(workflow_id, outcome, journal, durable.settings.outcome_patience)
         if failed is not None:
             # Journaled; re-raise so Celery (and Flower) show the task as failed.
             raise failed
@@ -163,17 +168,40 @@ class DurableStep(Task):  # type: ignore[misc]
         workflow_id: str,
         outcome: StepOutcome | None,
         journal: Loaded | None,
+        patience: float = 0.0,
     ) -> None:
+        """Journal ``outcome`` (if any) and advance the workflow.
+
+        A store out of reach is retried here for up to ``patience`` seconds (a step that
+        has run waits out a database restart rather than running again); past it, the
+        task is retried by Celery.
+        """
         durable = self.durable
-        try:
-            durable.advance(workflow_id, outcome, journal)
-        except UnknownWorkflow:
-            # The outcome is journaled; a worker that has the workflow's code goes on.
-            durable.send_resume(workflow_id)
-        except WorkflowNotFound:
-            logger.error("step %s: workflow %s vanished from the store", self.name, workflow_id)
-        except StoreError as exc:
-            raise self._retry_later(exc) from exc
+        deadline = time.monotonic() + patience
+        pause = 0.1
+        while True:
+            try:
+                durable.advance(workflow_id, outcome, journal)
+                return
+            except UnknownWorkflow:
+                # The outcome is journaled; a worker that has the workflow's code goes on.
+                durable.send_resume(workflow_id)
+                return
+            except WorkflowNotFound:
+                logger.error("step %s: workflow %s vanished from the store", self.name, workflow_id)
+                return
+            except StoreError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise self._retry_later(exc) from exc
+                logger.warning(
+                    "step %s: store unavailable (%s); journaling its outcome again in %.1f s",
+                    self.request.id,
+                    exc,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                journal = None  # read afresh: the failed commit may have been applied
 
     def _retry_later(self, exc: Exception) -> Retry:
         """Send this step again later: the store is out of reach, nothing was journaled."""

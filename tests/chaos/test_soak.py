@@ -23,8 +23,8 @@ from servers import (
 )
 
 from chaos import report
-from chaos.soak import FAULTS, run_soak
 from chaos.mix import MixConfig, make_mix_app
+from chaos.soak import FAULTS, run_soak
 from chaos.verdict import judge
 
 
