@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis as redis_client
 from kombu.exceptions import OperationalError
 from servers import PostgresServer, RedisServer
 from sqlalchemy import create_engine
@@ -138,6 +139,8 @@ class Round:
     planned: list[Planned]
     fault_at: float | None = None
     fault_note: str = ""
+    lost_messages: int = 0
+    """Messages in Redis (queued or unacked) when it was killed."""
     ended_at: float | None = None
     """When its last workflow ended (the journal's ``updated_at``), if all did."""
 
@@ -330,13 +333,21 @@ class Soak:
         return busy or children
 
     def inject(self, fault: str, rnd: Round) -> None:
-        """Inject ``fault`` now (``duplicates`` and ``crash:`` are set up at round start)."""
+        """Inject ``fault`` now (``duplicates`` lasts the whole round; a ``crash:`` point is
+        armed now and fires when a worker process next reaches it)."""
         now = time.time()
-        if fault == "worker_group_kill":
+        if fault.startswith("crash:"):
+            (self.config.armed / fault.split(":", 1)[1]).touch()
+        elif fault == "worker_group_kill":
             victim = self.rng.choice(self._workers())
+            group = {victim.popen.pid}
+            with contextlib.suppress(psutil.Error):
+                group |= {c.pid for c in psutil.Process(victim.popen.pid).children()}
+            steps = len(group & _running_pids(self.config.log))
             self.cluster.kill(victim)
             self.cluster.worker(next(self._names), CONCURRENCY)
-            rnd.fault_at, rnd.fault_note = now, f"killed {victim.name}'s process group"
+            rnd.fault_at = now
+            rnd.fault_note = f"killed {victim.name}'s process group ({steps} steps running)"
         elif fault == "pool_child_kill":
             pids = self._busy_children()
             pid = self.rng.choice(pids)
@@ -344,10 +355,16 @@ class Soak:
                 os.kill(pid, signal.SIGKILL)
             rnd.fault_at, rnd.fault_note = now, f"killed pool child {pid}"
         elif fault == "redis_loss":
+            messages = _broker_messages(self.redis.url)
             self.redis.kill()
             time.sleep(1.0)
             self.redis.start()
-            rnd.fault_at, rnd.fault_note = now, "Redis SIGKILLed, restarted empty 1 s later"
+            rnd.fault_at = now
+            rnd.lost_messages = messages
+            rnd.fault_note = (
+                f"Redis SIGKILLed with {messages} messages queued or unacked, "
+                "restarted empty 1 s later"
+            )
         elif fault == "postgres_restart":
             self.postgres.crash()
             time.sleep(2.0)
@@ -362,8 +379,6 @@ class Soak:
         if fault == "duplicates":
             flag.touch()
             rnd.fault_at, rnd.fault_note = time.time(), "every message published twice"
-        elif fault.startswith("crash:"):
-            (self.config.armed / fault.split(":", 1)[1]).touch()
         try:
             yield
         finally:
@@ -409,7 +424,7 @@ class Soak:
                             retrying(lambda: durable.signal(p.id, "go", value))
 
                     actions.append((at, send))
-            if fault not in ("none", "duplicates") and not fault.startswith("crash:"):
+            if fault not in ("none", "duplicates"):
                 actions.append((t0 + self.rng.uniform(0.5, 3.0), lambda: self.inject(fault, rnd)))
             for at, action in sorted(actions, key=lambda pair: pair[0]):
                 time.sleep(max(0.0, at - time.time()))
@@ -462,6 +477,20 @@ def _running_pids(log: Path) -> set[int]:
         elif event in ("end", "raise"):
             running.pop(key, None)
     return set(running.values())
+
+
+def _broker_messages(url: str) -> int:
+    """Messages Redis holds right now: every queue's list, plus the unacked hash."""
+    client = redis_client.Redis.from_url(url)
+    try:
+        queued = sum(
+            client.llen(key) for key in client.scan_iter(count=1000) if client.type(key) == b"list"
+        )
+        return int(queued) + int(client.hlen("unacked"))
+    except redis_client.RedisError:
+        return 0
+    finally:
+        client.close()
 
 
 def _crash_time(log: Path, point: str, since: float) -> float | None:

@@ -18,14 +18,29 @@ import pytest
 from servers import (
     PostgresServer,
     RedisServer,
+    create_database,
     start_postgres_restartable,
     start_redis_restartable,
 )
 
 from chaos import report
 from chaos.mix import MixConfig, make_mix_app
-from chaos.soak import FAULTS, run_soak
-from chaos.verdict import judge
+from chaos.soak import FAULTS, SoakRun, run_soak
+from chaos.verdict import Verdict, judge
+
+
+def check(run: SoakRun) -> Verdict:
+    """Judge ``run``; its figures go to the terminal summary."""
+    mix = make_mix_app(MixConfig.from_env(run.config.env()))
+    try:
+        verdict = judge(run, mix.durable)
+    finally:
+        mix.durable.store.close()
+        mix.app.close()
+    report.LINES.extend(verdict.lines)
+    print("\n".join(verdict.lines))
+    print(run.logs)  # shown only if the test fails
+    return verdict
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +69,32 @@ def test_every_fault_once_nothing_lost_nothing_done_twice(
         lambda n: rounds[n - 1] if n <= len(rounds) else None,
         seed=5,
     )
-    mix = make_mix_app(MixConfig.from_env(run.config.env()))
-    try:
-        verdict = judge(run, mix.durable)
-    finally:
-        mix.durable.store.close()
-        mix.app.close()
-    report.LINES.extend(verdict.lines)
-    print("\n".join(verdict.lines))
-    print(run.logs)  # shown only if the test fails
+    verdict = check(run)
     assert verdict.ok, "\n".join(verdict.violations)
     assert verdict.completed_as_planned == verdict.started
     assert all(r.fault_at is not None for r in run.rounds if r.fault != "none"), [
         (r.fault, r.fault_note) for r in run.rounds
     ]
+
+
+@pytest.mark.timeout(600)
+def test_crash_mid_transaction_on_the_generic_store(
+    tmp_path: Path, redis_server: RedisServer, postgres_server: PostgresServer
+) -> None:
+    """The generic SQLAlchemy store commits in a multi-statement transaction: a worker
+    killed inside it (rows written, COMMIT not sent) leaves nothing half-written."""
+    rounds = ["crash:store.mid_commit", "crash:store.mid_commit", "postgres_restart"]
+    store = create_database(postgres_server.url, "generic_store")
+    run = run_soak(
+        tmp_path,
+        redis_server,
+        postgres_server,
+        store,
+        lambda n: rounds[n - 1] if n <= len(rounds) else None,
+        seed=7,
+        generic_store=True,
+    )
+    verdict = check(run)
+    assert verdict.ok, "\n".join(verdict.violations)
+    assert verdict.completed_as_planned == verdict.started
+    assert all(r.fault_at is not None for r in run.rounds), [r.fault_note for r in run.rounds]

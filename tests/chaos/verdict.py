@@ -25,7 +25,6 @@ import itertools
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import create_engine
@@ -66,6 +65,7 @@ class Verdict:
     completed_as_planned: int = 0
     lost: list[str] = field(default_factory=list)
     extra_runs: Counter[str] = field(default_factory=Counter)
+    extra_by_fault: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     races: int = 0
 
@@ -195,35 +195,47 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
     twice = [rows for rows in finals.values() if len(rows) > 1]
     v.violations += [f"outcome journaled {len(rows)} times: {rows}" for rows in twice]
 
-    # 3. No run after the outcome was journaled; extra runs explained.
-    final_at: dict[str, datetime] = {
-        f"{instance_id}:{seq}": rows[0]["at"] for (instance_id, seq), rows in finals.items()
+    # 3. No run after the outcome was journaled; extra runs explained, and only in rounds
+    #    with a fault.
+    final_at: dict[str, float] = {
+        f"{instance_id}:{seq}": rows[0]["at"].timestamp()
+        for (instance_id, seq), rows in finals.items()
     }
+    roots = sorted(planned, key=len, reverse=True)
+    fault_of = {p.id: r.fault for r in run.rounds for p in r.planned}
     by_key: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         by_key[r.idem].append(r)
         done = final_at.get(r.idem)
-        if done is not None and r.start > done.timestamp():
-            late = r.start - done.timestamp()
-            if late > RACE_MARGIN:
+        if done is not None and r.start > done:
+            if r.start - done > RACE_MARGIN:
                 v.violations.append(
-                    f"step {r.idem} ({r.label}) ran {late:.2f} s after its outcome was journaled"
+                    f"step {r.idem} ({r.label}) ran {r.start - done:.2f} s after its outcome "
+                    "was journaled"
                 )
             else:
                 v.races += 1
-    for key_runs in by_key.values():
+    for idem, key_runs in by_key.items():
+        root = _root_of(idem, roots)
+        fault = fault_of.get(root or "", "?")
         for before, after in itertools.pairwise(key_runs):
             if before.raised and before.label == "flaky":
                 v.retries += 1
-            elif before.end is None:
-                v.extra_runs["the run before it was killed"] += 1
+                continue
+            if before.end is None:
+                why = "the run before it was killed"
             elif after.start < before.end:
-                v.extra_runs["ran alongside another copy (duplicate delivery)"] += 1
+                why = "ran alongside another copy of its message"
+            elif idem in final_at and final_at[idem] - before.end <= RACE_MARGIN:
+                why = "started while the run before was journaling its outcome"
             else:
-                v.extra_runs["the run before ended but its outcome was not journaled"] += 1
+                why = "the run before ended but its outcome was not journaled"
+            v.extra_runs[why] += 1
+            v.extra_by_fault[fault] += 1
+            if fault == "none":
+                v.violations.append(f"step {idem} ran again ({why}) in a round without fault")
 
     # 4. At least once; exactly once in effect.
-    roots = sorted(planned, key=len, reverse=True)
     effects: dict[str, Counter[str]] = defaultdict(Counter)
     ran: dict[str, set[str]] = defaultdict(set)
     for r in runs:
@@ -313,25 +325,42 @@ def _figures(
             f"(median of {len(baseline)})"
         )
     by_fault: dict[str, list[float]] = defaultdict(list)
+    rows = []
     for r in rounds:
-        if r.fault != "none" and r.fault_at is not None and r.ended_at is not None:
+        if r.fault == "none":
+            continue
+        if r.fault_at is not None and r.ended_at is not None:
             by_fault[r.fault].append(r.ended_at - r.fault_at)
-        elif r.fault != "none" and r.ended_at is None:
-            lines.append(f"  round {r.number} ({r.fault}): NOT all ended")
-        elif r.fault != "none":
-            lines.append(f"  round {r.number} ({r.fault}): {r.fault_note}")
+            later = r.ended_at - r.fault_at
+            rows.append(f"  round {r.number}: {r.fault_note}; all ended {later:.1f} s later")
+        elif r.ended_at is None:
+            rows.append(f"  round {r.number} ({r.fault}): {r.fault_note}; NOT all ended")
+        else:
+            rows.append(f"  round {r.number} ({r.fault}): {r.fault_note}")
+    lost_messages = sum(r.lost_messages for r in rounds)
+    if lost_messages:
+        lines.append(f"messages lost with Redis: {lost_messages} (queued or unacked when killed)")
     lines.append("fault -> every workflow of its round ended (median / max):")
     for kind, seconds in sorted(by_fault.items()):
         lines.append(
             f"  {kind:<34} {statistics.median(seconds):5.1f} s / {max(seconds):5.1f} s "
             f"({len(seconds)} faults)"
         )
+    if len(rows) <= 24:
+        lines.append("each fault:")
+        lines += rows
+    else:
+        lines += [row for row in rows if "NOT" in row or "never" in row]
     extra = sum(v.extra_runs.values())
-    why = "; ".join(f"{reason}: {n}" for reason, n in v.extra_runs.items())
     lines.append(
         f"step runs: {len(runs)}; planned Celery retries: {v.retries}; extra runs: {extra}"
-        + (f" ({why})" if extra else "")
     )
+    lines += [f"  {reason}: {n}" for reason, n in v.extra_runs.most_common()]
+    if extra:
+        lines.append(
+            "  by the fault of their round: "
+            + ", ".join(f"{fault} {n}" for fault, n in sorted(v.extra_by_fault.items()))
+        )
     lines.append(
         f"effects: {effect_keys} steps, each took effect exactly once: "
         f"{'yes' if not any('took effect' in x for x in v.violations) else 'NO'}"
