@@ -20,7 +20,8 @@ exactly once.
 Test plumbing, none of it in the library:
 
 * every task message is published twice while the file ``<root>/duplicate`` exists
-  (``app.amqp.send_task_message`` wrapped): duplicate delivery on demand;
+  (``app.amqp.send_task_message`` wrapped), the copy up to 3 s late: duplicate delivery
+  on demand, both racing the first copy and long after it;
 * a crash point of :mod:`celery_durable.faults` is armed by creating
   ``<root>/armed/<point>``; the first worker process to reach it takes the file (an atomic
   rename, so exactly one does), logs it and SIGKILLs itself.
@@ -29,10 +30,12 @@ Test plumbing, none of it in the library:
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,9 @@ from celery import Celery
 
 from celery_durable import Durable, WorkflowContext, current_step, faults
 from celery_durable.stores.base import Store
+
+#: The second copy of a duplicated message arrives up to this many seconds after the first.
+LATE_COPY = 3.0
 
 #: The idempotency key's attempt number is appended to a log key as ``#attemptN``.
 ATTEMPT_SEP = "#attempt"
@@ -129,14 +135,21 @@ def _open_store(config: MixConfig) -> Store | str:
 
 
 def _duplicate_messages(app: Celery, flag: Path) -> None:
-    """Publish every task message twice while ``flag`` exists (same id, same body)."""
+    """While ``flag`` exists, publish every task message twice (same id, same body): once
+    as asked, and again up to :data:`LATE_COPY` seconds later (an ETA), so copies arrive
+    both alongside the first and well after it was handled, as a redelivery does."""
     amqp = app.amqp
     send = amqp.send_task_message
 
     def send_twice(producer: Any, name: str, message: Any, **kwargs: Any) -> Any:
         sent = send(producer, name, message, **kwargs)
         if flag.exists():
-            send(producer, name, message, **kwargs)
+            headers = dict(message.headers)
+            eta = datetime.now(timezone.utc)
+            if headers.get("eta"):
+                eta = max(eta, datetime.fromisoformat(headers["eta"]))
+            headers["eta"] = (eta + timedelta(seconds=random.uniform(0, LATE_COPY))).isoformat()
+            send(producer, name, message._replace(headers=headers), **kwargs)
         return sent
 
     amqp.send_task_message = send_twice

@@ -7,6 +7,8 @@ faults:
 
 * ``worker_group_kill``: SIGKILL of a worker's whole process group (main process and pool:
   nothing is acked or requeued); a replacement worker starts at once;
+* ``worker_restart``: a deploy: a worker gets SIGTERM (Celery's warm shutdown: running
+  tasks finish, prefetched messages go back) and a new one starts;
 * ``pool_child_kill``: SIGKILL of one pool child, preferably one running a step (the main
   process survives, sees the child die and requeues its message: ``reject_on_worker_lost``);
 * ``redis_loss``: Redis SIGKILLed and restarted empty after a second (no persistence:
@@ -54,6 +56,7 @@ from chaos.mix import MixApp, MixConfig, make_mix_app
 FAULTS = (
     "none",
     "worker_group_kill",
+    "worker_restart",
     "pool_child_kill",
     "redis_loss",
     "postgres_restart",
@@ -348,6 +351,13 @@ class Soak:
             self.cluster.worker(next(self._names), CONCURRENCY)
             rnd.fault_at = now
             rnd.fault_note = f"killed {victim.name}'s process group ({steps} steps running)"
+        elif fault == "worker_restart":
+            victim = self.rng.choice(self._workers())
+            victim.killed = True  # on purpose: not an unexpected exit
+            os.kill(victim.popen.pid, signal.SIGTERM)  # Celery's warm shutdown
+            self.cluster.worker(next(self._names), CONCURRENCY)
+            rnd.fault_at = now
+            rnd.fault_note = f"{victim.name} restarted (warm shutdown), as a deploy does"
         elif fault == "pool_child_kill":
             pids = self._busy_children()
             pid = self.rng.choice(pids)

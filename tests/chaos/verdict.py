@@ -340,11 +340,22 @@ def _figures(
     lost_messages = sum(r.lost_messages for r in rounds)
     if lost_messages:
         lines.append(f"messages lost with Redis: {lost_messages} (queued or unacked when killed)")
-    lines.append("fault -> every workflow of its round ended (median / max):")
+    base = statistics.median(baseline) if baseline else None
+    lines.append(
+        "fault -> every workflow of its round ended, median / max"
+        + (" (and the round's delay against one without fault)" if base else "")
+        + ":"
+    )
     for kind, seconds in sorted(by_fault.items()):
+        delay = ""
+        if base is not None:
+            durations = [
+                r.ended_at - r.started_at for r in rounds if r.fault == kind and r.ended_at
+            ]
+            delay = f"  (+{statistics.median(durations) - base:.1f} s)"
         lines.append(
             f"  {kind:<34} {statistics.median(seconds):5.1f} s / {max(seconds):5.1f} s "
-            f"({len(seconds)} faults)"
+            f"({len(seconds)} faults){delay}"
         )
     if len(rows) <= 24:
         lines.append("each fault:")
