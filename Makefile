@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ unit: $(VENV)/.installed
 bench: $(VENV)/.installed
 	bash scripts/install-servers.sh
 	$(PY) bench/throughput.py
+
+# The fault soak (tests/chaos/soak.py) for DURATION seconds: make soak DURATION=3600
+DURATION ?= 600
+soak: $(VENV)/.installed
+	bash scripts/install-servers.sh
+	$(PY) bench/chaos.py --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache celery_durable.sqlite3* bank.sqlite3*

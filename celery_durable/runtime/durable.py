@@ -395,7 +395,13 @@ class Durable:
         durable = self
 
         def tick() -> int:
-            return durable.recover()
+            try:
+                return durable.recover()
+            except StoreError as exc:
+                # A failed claim claims nothing; the next tick tries again. One line, not a
+                # traceback every tick interval for as long as the database is down.
+                logger.warning("tick: store unavailable (%s); the next tick tries again", exc)
+                return 0
 
         register: Any = self.app.task(name=TICK_TASK, ignore_result=True, shared=False)
         return register(tick)

@@ -59,8 +59,8 @@ class Cluster:
     app_module: str = "chaos.worker_app"
     procs: list[Proc] = field(default_factory=list)
 
-    def _spawn(self, name: str, args: list[str]) -> Proc:
-        env = {**os.environ, **self.env}
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        env = {**os.environ, **self.env, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
         env["PYTHONWARNINGS"] = ""
         log_path = self.root / f"{name}.log"
@@ -78,8 +78,9 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def worker(self, name: str, concurrency: int = 2) -> Proc:
-        """Start ``celery worker --pool=prefork`` (unique node name, no gossip/mingle)."""
+    def worker(self, name: str, concurrency: int = 2, env: dict[str, str] | None = None) -> Proc:
+        """Start ``celery worker --pool=prefork`` (unique node name, no gossip/mingle),
+        with ``env`` added to the cluster's environment."""
         return self._spawn(
             name,
             [
@@ -93,6 +94,7 @@ class Cluster:
                 "--without-mingle",
                 "--without-heartbeat",
             ],
+            env,
         )
 
     def beat(self, name: str) -> Proc:

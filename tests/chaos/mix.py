@@ -70,6 +70,9 @@ class MixConfig:
     generic_store: bool = False
     """On PostgreSQL, use the generic SQLAlchemy store (multi-statement transactions)
     instead of the single-statement fast path."""
+    changed_code: bool = False
+    """A bad deploy: ``mix.long_steps`` changed so that its journals no longer replay,
+    and ``mix.timers`` missing (see :func:`make_mix_app`)."""
 
     @property
     def log(self) -> Path:
@@ -94,6 +97,7 @@ class MixConfig:
             "MIX_QUEUE": self.queue,
             "MIX_ROOT": str(self.root),
             "MIX_GENERIC_STORE": "1" if self.generic_store else "",
+            "MIX_CHANGED_CODE": "1" if self.changed_code else "",
         }
 
     @classmethod
@@ -104,6 +108,7 @@ class MixConfig:
             queue=env["MIX_QUEUE"],
             root=Path(env["MIX_ROOT"]),
             generic_store=bool(env.get("MIX_GENERIC_STORE")),
+            changed_code=bool(env.get("MIX_CHANGED_CODE")),
         )
 
 
@@ -271,13 +276,15 @@ def make_mix_app(config: MixConfig) -> MixApp:
         done = await ctx.step(flaky, failures)
         return [token, done]
 
-    @durable.workflow(name="mix.timers")
-    async def timers(ctx: WorkflowContext, short: float, long: float) -> str:
-        await ctx.sleep(short)  # within durable_eta_max: an ETA message
-        await ctx.step(work, "tick")
-        await ctx.sleep(long)  # beyond it: only the store knows, the tick wakes it
-        await ctx.step(work, "tock")
-        return "slept"
+    if not config.changed_code:  # the bad deploy lacks it: its passes wait for the code
+
+        @durable.workflow(name="mix.timers")
+        async def timers(ctx: WorkflowContext, short: float, long: float) -> str:
+            await ctx.sleep(short)  # within durable_eta_max: an ETA message
+            await ctx.step(work, "tick")
+            await ctx.sleep(long)  # beyond it: only the store knows, the tick wakes it
+            await ctx.step(work, "tock")
+            return "slept"
 
     @durable.workflow(name="mix.signals")
     async def signals(ctx: WorkflowContext) -> list[Any]:
@@ -300,8 +307,17 @@ def make_mix_app(config: MixConfig) -> MixApp:
             ctx.child(child, 3),
         )
 
-    @durable.workflow(name="mix.long_steps")
-    async def long_steps(ctx: WorkflowContext, seconds: float) -> list[str]:
-        return [await ctx.step(work, "long1", seconds), await ctx.step(work, "long2", seconds)]
+    if config.changed_code:
+        # The bad deploy: the first command is now another step, so a journal written by
+        # the real code parks as stuck at its next pass (and nothing new is committed).
+        @durable.workflow(name="mix.long_steps")
+        async def long_steps_changed(ctx: WorkflowContext, seconds: float) -> list[str]:
+            return [await ctx.step(debit, "changed", 1), await ctx.step(work, "long2", seconds)]
+
+    else:
+
+        @durable.workflow(name="mix.long_steps")
+        async def long_steps(ctx: WorkflowContext, seconds: float) -> list[str]:
+            return [await ctx.step(work, "long1", seconds), await ctx.step(work, "long2", seconds)]
 
     return MixApp(app=app, durable=durable, config=config)

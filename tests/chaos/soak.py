@@ -9,6 +9,9 @@ faults:
   nothing is acked or requeued); a replacement worker starts at once;
 * ``worker_restart``: a deploy: a worker gets SIGTERM (Celery's warm shutdown: running
   tasks finish, prefetched messages go back) and a new one starts;
+* ``bad_deploy``: changed code rolled out to every worker (a workflow changed so that its
+  journals no longer replay: they park as stuck; another workflow missing: its passes
+  wait), then rolled back, and every stuck instance retried (``durable.retry``);
 * ``pool_child_kill``: SIGKILL of one pool child, preferably one running a step (the main
   process survives, sees the child die and requeues its message: ``reject_on_worker_lost``);
 * ``redis_loss``: Redis SIGKILLed and restarted empty after a second (no persistence:
@@ -48,8 +51,9 @@ from sqlalchemy import create_engine
 
 from celery_durable import faults
 from celery_durable.client import start
+from celery_durable.engine.journal import Status
 from celery_durable.errors import StoreError
-from chaos.cluster import Cluster, Proc
+from chaos.cluster import STOP_TIMEOUT, Cluster, Proc, wait_for
 from chaos.mix import MixApp, MixConfig, make_mix_app
 
 #: The faults, in the order one CI run injects them.
@@ -57,6 +61,7 @@ FAULTS = (
     "none",
     "worker_group_kill",
     "worker_restart",
+    "bad_deploy",
     "pool_child_kill",
     "redis_loss",
     "postgres_restart",
@@ -66,6 +71,9 @@ FAULTS = (
 
 #: What a publish raises while Redis is down.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionError, OSError)
+
+#: How long the changed code of ``bad_deploy`` runs alone before it is rolled back.
+BAD_DEPLOY_SECONDS = 2.0
 
 #: A round whose workflows have not all ended this long after its start counts them lost.
 ROUND_TIMEOUT = 90.0
@@ -170,8 +178,14 @@ def install_audit(store_url: str) -> None:
         engine.dispose()
 
 
-def plan_round(number: int, rng: random.Random) -> list[tuple[Planned, tuple[Any, ...]]]:
-    """The workflows of one round (ids unique to the run) and their arguments."""
+def plan_round(
+    number: int, rng: random.Random, fault: str = "none"
+) -> list[tuple[Planned, tuple[Any, ...]]]:
+    """The workflows of one round (ids unique to the run) and their arguments.
+
+    Under a bad deploy, ``mix.long_steps`` (the workflow the deploy changes) runs 6 s
+    steps, so it is still running when the changed code is.
+    """
     tag = f"r{number}-{uuid.uuid4().hex[:6]}"
     p1, p2 = f"{tag}-go-1", f"{tag}-go-2"
     refuse = number % 2 == 1
@@ -242,7 +256,7 @@ def plan_round(number: int, rng: random.Random) -> list[tuple[Planned, tuple[Any
                 result=["long1", "long2"],
                 effects=("long1", "long2"),
             ),
-            (1.5,),
+            (6.0 if fault == "bad_deploy" else 1.5,),
         ),
     ]
 
@@ -353,11 +367,13 @@ class Soak:
             rnd.fault_note = f"killed {victim.name}'s process group ({steps} steps running)"
         elif fault == "worker_restart":
             victim = self.rng.choice(self._workers())
-            victim.killed = True  # on purpose: not an unexpected exit
-            os.kill(victim.popen.pid, signal.SIGTERM)  # Celery's warm shutdown
+            self._warm_shutdown([victim])
             self.cluster.worker(next(self._names), CONCURRENCY)
             rnd.fault_at = now
             rnd.fault_note = f"{victim.name} restarted (warm shutdown), as a deploy does"
+        elif fault == "bad_deploy":
+            rnd.fault_at = now
+            rnd.fault_note = self._bad_deploy(rnd)
         elif fault == "pool_child_kill":
             pids = self._busy_children()
             pid = self.rng.choice(pids)
@@ -382,6 +398,61 @@ class Soak:
             rnd.fault_at, rnd.fault_note = now, "PostgreSQL immediate shutdown, up 2 s later"
         else:
             raise ValueError(f"unknown fault {fault!r}")
+
+    def _bad_deploy(self, rnd: Round) -> str:
+        """Roll out changed code (a workflow that no longer replays its journals, another
+        not deployed) for :data:`BAD_DEPLOY_SECONDS`, roll back, and retry what got stuck."""
+        store, durable = self.mix.durable.store, self.mix.durable
+        # A journal the changed code starts itself would not replay on the real code:
+        # let the changed workflow's instance make its first pass first.
+        changing = [p.id for p in rnd.planned if p.workflow == "mix.long_steps"]
+        wait_for(
+            lambda: all(i.version >= 1 for i in retrying(lambda: store.get_many(changing))),
+            30,
+            "the first pass of the round's mix.long_steps",
+        )
+        # A rolling deploy: the changed workers come up, then the old ones stop.
+        old = self._workers()
+        changed = [
+            self.cluster.worker(next(self._names), CONCURRENCY, env={"MIX_CHANGED_CODE": "1"})
+            for _ in old
+        ]
+        for worker in changed:
+            self.cluster.wait_ready(worker)
+        self._warm_shutdown(old, wait=True)
+        # A pass on the changed code now (a tick or a step's end would bring one soon).
+        for instance_id in changing:
+            durable.send_resume(instance_id)
+        wait_for(
+            lambda: all(
+                i.status is Status.STUCK for i in retrying(lambda: store.get_many(changing))
+            ),
+            30,
+            "the changed workflow parked as stuck",
+        )
+        time.sleep(BAD_DEPLOY_SECONDS)
+        # The rollback, rolling too; then every stuck instance is retried.
+        fixed = [self.cluster.worker(next(self._names), CONCURRENCY) for _ in changed]
+        for worker in fixed:
+            self.cluster.wait_ready(worker)
+        self._warm_shutdown(changed, wait=True)  # nothing more can get stuck after this
+        stuck = [i.id for i in retrying(lambda: store.list(status=Status.STUCK, limit=10_000))]
+        for instance_id in stuck:
+            retrying(lambda i=instance_id: durable.retry(i))
+        return (
+            f"changed code deployed for {BAD_DEPLOY_SECONDS:g} s, then rolled back; "
+            f"{len(stuck)} stuck instances retried"
+        )
+
+    def _warm_shutdown(self, workers: list[Proc], wait: bool = False) -> None:
+        """SIGTERM: Celery's warm shutdown (running tasks finish, the rest go back)."""
+        for worker in workers:
+            worker.killed = True  # on purpose: not an unexpected exit
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.popen.pid, signal.SIGTERM)
+        if wait:
+            for worker in workers:
+                worker.popen.wait(STOP_TIMEOUT)
 
     @contextlib.contextmanager
     def _round_setup(self, fault: str, rnd: Round) -> Iterator[None]:
@@ -412,7 +483,7 @@ class Soak:
         self.run.rounds.append(rnd)
         durable = self.mix.durable
         with self._round_setup(fault, rnd):
-            plans = plan_round(number, self.rng)
+            plans = plan_round(number, self.rng, fault)
             for planned, args in plans:
                 # Starting again with the same id is idempotent (and re-sends the first
                 # message), so any failure, of the store or of the broker, is retried.

@@ -352,7 +352,7 @@ def _figures(
             durations = [
                 r.ended_at - r.started_at for r in rounds if r.fault == kind and r.ended_at
             ]
-            delay = f"  (+{statistics.median(durations) - base:.1f} s)"
+            delay = f"  ({statistics.median(durations) - base:+.1f} s)"
         lines.append(
             f"  {kind:<34} {statistics.median(seconds):5.1f} s / {max(seconds):5.1f} s "
             f"({len(seconds)} faults){delay}"

@@ -76,3 +76,18 @@ def test_step_outcome_waits_out_a_database_restart_instead_of_running_again(
     (event,) = handle.history()
     assert event.attempts == 1
     assert "journaling its outcome again" in caplog.text
+
+
+def test_a_tick_while_the_database_is_down_logs_one_line_and_claims_nothing(
+    app: Celery,
+    durable: Durable,
+    postgres: PostgresServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tick = app.tasks["celery_durable.tick"]
+    assert tick() == 0  # up, nothing due
+    postgres.crash()
+    with caplog.at_level(logging.WARNING, logger="celery_durable"):
+        assert tick() == 0
+    assert "tick: store unavailable" in caplog.text
+    assert "the next tick tries again" in caplog.text
