@@ -25,9 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from chaos.mix import MixConfig, make_mix_app  # noqa: E402
 from chaos.soak import FAULTS, run_soak  # noqa: E402
-from chaos.verdict import judge  # noqa: E402
+from chaos.verdict import judge_run  # noqa: E402
 from servers import start_postgres_restartable, start_redis_restartable  # noqa: E402
 
 
@@ -67,12 +66,7 @@ def main() -> int:
             seed=args.seed,
             generic_store=args.generic_store,
         )
-        mix = make_mix_app(MixConfig.from_env(run.config.env()))
-        try:
-            verdict = judge(run, mix.durable)
-        finally:
-            mix.durable.store.close()
-            mix.app.close()
+        verdict = judge_run(run)
     print("\n".join(verdict.lines))
     return 0 if verdict.ok else 1
 

@@ -123,20 +123,8 @@ def start_postgres(
         ServerNotAvailable: PostgreSQL is not installed.
         RuntimeError: the server did not start (the message holds its log).
     """
-    postmaster = _new_cluster(parent, durable=durable)
-    try:
-        port, proc = _start_on_free_port(postmaster, "PostgreSQL")
-    except BaseException:
-        shutil.rmtree(postmaster.keywords["root"], ignore_errors=True)
-        raise
-    base = f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    stop = _stopper(proc, signal.SIGINT, postmaster.keywords["root"])  # SIGINT: fast shutdown
-    try:
-        create_database(f"{base}/postgres", "durable")
-    except BaseException:
-        stop()
-        raise
-    return RunningServer(f"{base}/durable", stop)
+    server = start_postgres_restartable(parent, durable=durable)
+    return RunningServer(server.url, server.stop)
 
 
 def start_postgres_restartable(
@@ -319,14 +307,8 @@ def start_redis(parent: str | os.PathLike[str] | None = None) -> RunningServer:
         ServerNotAvailable: redis-server is not installed.
         RuntimeError: the server did not start (the message holds its log).
     """
-    server = _new_redis(parent)
-    root: Path = server.keywords["root"]
-    try:
-        port, proc = _start_on_free_port(server, "redis-server")
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
-    return RunningServer(f"redis://127.0.0.1:{port}/0", _stopper(proc, signal.SIGTERM, root))
+    server = start_redis_restartable(parent)
+    return RunningServer(server.url, server.stop)
 
 
 def start_redis_restartable(parent: str | os.PathLike[str] | None = None) -> RedisServer:
@@ -611,24 +593,6 @@ def _terminate(proc: subprocess.Popen[bytes], sig: int) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _stopper(proc: subprocess.Popen[bytes], sig: int, root: Path) -> Callable[[], None]:
-    stopped = False
-
-    def stop() -> None:
-        nonlocal stopped
-        if stopped:
-            return
-        stopped = True
-        atexit.unregister(stop)
-        try:
-            _terminate(proc, sig)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-    atexit.register(stop)
-    return stop
 
 
 @contextlib.contextmanager

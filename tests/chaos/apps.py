@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 
 from celery_durable import Durable, WorkflowContext, current_step
+from chaos.mix import log_line
 
 # Workflow names, as the journal records them (the test process starts them by name).
 KILL_WORKFLOW = "chaos.three_steps"
@@ -103,13 +104,7 @@ def make_app(*, broker: str, store: str, queue: str, record: Path, eta_max: floa
     durable = Durable(app)
 
     def write(label: str, key: str, event: str) -> None:
-        line = f"{label} {key} {event} {os.getpid()} {time.time():.6f}\n"
-        # One small O_APPEND write per line: lines from several processes never mix.
-        fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        log_line(record, label, key, event)
 
     def durable_key() -> str:
         info = current_step()

@@ -152,6 +152,8 @@ class Round:
     fault_note: str = ""
     lost_messages: int = 0
     """Messages in Redis (queued or unacked) when it was killed."""
+    stuck: int = 0
+    """Instances the bad deploy parked as stuck (all retried after the rollback)."""
     ended_at: float | None = None
     """When its last workflow ended (the journal's ``updated_at``), if all did."""
 
@@ -439,6 +441,7 @@ class Soak:
         stuck = [i.id for i in retrying(lambda: store.list(status=Status.STUCK, limit=10_000))]
         for instance_id in stuck:
             retrying(lambda i=instance_id: durable.retry(i))
+        rnd.stuck = len(stuck)
         return (
             f"changed code deployed for {BAD_DEPLOY_SECONDS:g} s, then rolled back; "
             f"{len(stuck)} stuck instances retried"

@@ -25,19 +25,13 @@ from servers import (
 )
 
 from chaos import report
-from chaos.mix import MixConfig, make_mix_app
 from chaos.soak import FAULTS, SoakRun, run_soak
-from chaos.verdict import Verdict, judge
+from chaos.verdict import Verdict, judge_run
 
 
 def check(run: SoakRun) -> Verdict:
     """Judge ``run``; its figures go to the terminal summary."""
-    mix = make_mix_app(MixConfig.from_env(run.config.env()))
-    try:
-        verdict = judge(run, mix.durable)
-    finally:
-        mix.durable.store.close()
-        mix.app.close()
+    verdict = judge_run(run)
     report.LINES.extend(verdict.lines)
     print("\n".join(verdict.lines))
     print(run.logs)  # shown only if the test fails

@@ -31,7 +31,7 @@ from sqlalchemy import create_engine
 
 from celery_durable import Durable
 from celery_durable.engine.journal import Instance
-from chaos.mix import ATTEMPT_SEP
+from chaos.mix import ATTEMPT_SEP, MixConfig, make_mix_app
 from chaos.soak import Planned, SoakRun
 
 #: A run may start this long after its outcome's commit and still be a race (it read the
@@ -272,6 +272,16 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
     return v
 
 
+def judge_run(run: SoakRun) -> Verdict:
+    """:func:`judge` with an app of its own (the soak's is closed when the run ends)."""
+    mix = make_mix_app(MixConfig.from_env(run.config.env()))
+    try:
+        return judge(run, mix.durable)
+    finally:
+        mix.durable.store.close()
+        mix.app.close()
+
+
 def _check_end(p: Planned, instance: Instance | None, durable: Durable) -> str:
     if instance is None:
         return "not in the store"
@@ -337,6 +347,9 @@ def _figures(
             rows.append(f"  round {r.number} ({r.fault}): {r.fault_note}; NOT all ended")
         else:
             rows.append(f"  round {r.number} ({r.fault}): {r.fault_note}")
+    stuck = sum(r.stuck for r in rounds)
+    if stuck:
+        lines.append(f"parked as stuck by a bad deploy, retried after the rollback: {stuck}")
     lost_messages = sum(r.lost_messages for r in rounds)
     if lost_messages:
         lines.append(f"messages lost with Redis: {lost_messages} (queued or unacked when killed)")
