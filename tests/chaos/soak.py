@@ -18,7 +18,8 @@ faults:
   every queued, scheduled and unacked message is gone);
 * ``postgres_restart``: PostgreSQL immediate shutdown, restarted two seconds later (crash
   recovery on start);
-* ``duplicates``: every task message published twice for the whole round;
+* ``duplicates``: every task message published twice for the whole round, the copy up to
+  3 s late (racing the first, or arriving long after it was handled);
 * ``crash:<point>``: the first worker process to reach a :mod:`celery_durable.faults`
   point SIGKILLs itself there (after a step ran, before its outcome is journaled; after an
   orchestrator commit, before its messages are published; in the middle of a commit).
