@@ -430,6 +430,9 @@ class RestartableServer:
     def start(self) -> None:
         """Start the server again on the same port and directory; wait until it is ready.
 
+        Call it from a thread that outlives the server (the main thread): the kernel sends
+        the server its parent-death signal when the *thread* that started it exits.
+
         Raises:
             RuntimeError: it is running, was stopped for good, or did not start.
         """

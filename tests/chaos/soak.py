@@ -48,14 +48,15 @@ import psutil
 import redis as redis_client
 from kombu.exceptions import OperationalError
 from servers import PostgresServer, RedisServer
-from sqlalchemy import create_engine
 
 from celery_durable import faults
 from celery_durable.client import start
 from celery_durable.engine.journal import Status
 from celery_durable.errors import StoreError
+from chaos.audit import install_audit
 from chaos.cluster import STOP_TIMEOUT, Cluster, Proc, wait_for
 from chaos.mix import MixApp, MixConfig, make_mix_app
+from chaos.plans import Planned, plan_round
 
 #: The faults, in the order one CI run injects them.
 FAULTS = (
@@ -80,65 +81,6 @@ BAD_DEPLOY_SECONDS = 2.0
 ROUND_TIMEOUT = 90.0
 WORKERS = 2
 CONCURRENCY = 2
-
-# The audit trail: every journal record inserted or changing state, and every signal
-# consumed, with the database's clock (so a run can be compared with its commit).
-AUDIT_DDL = """
-CREATE TABLE IF NOT EXISTS chaos_audit (
-    id bigserial PRIMARY KEY,
-    tbl text NOT NULL,
-    instance_id text NOT NULL,
-    seq integer,
-    kind text,
-    old_state text,
-    new_state text,
-    at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE OR REPLACE FUNCTION chaos_audit_events() RETURNS trigger AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        INSERT INTO chaos_audit (tbl, instance_id, seq, kind, old_state, new_state)
-        VALUES ('events', NEW.instance_id, NEW.seq, NEW.kind, NULL, NEW.state);
-    ELSIF OLD.state IS DISTINCT FROM NEW.state OR OLD.output IS DISTINCT FROM NEW.output
-          OR OLD.failure IS DISTINCT FROM NEW.failure THEN
-        INSERT INTO chaos_audit (tbl, instance_id, seq, kind, old_state, new_state)
-        VALUES ('events', NEW.instance_id, NEW.seq, NEW.kind, OLD.state, NEW.state);
-    END IF;
-    RETURN NULL;
-END $$ LANGUAGE plpgsql;
-CREATE OR REPLACE TRIGGER chaos_audit_events AFTER INSERT OR UPDATE ON durable_events
-    FOR EACH ROW EXECUTE FUNCTION chaos_audit_events();
-CREATE OR REPLACE FUNCTION chaos_audit_signals() RETURNS trigger AS $$
-BEGIN
-    IF OLD.consumed_seq IS DISTINCT FROM NEW.consumed_seq THEN
-        INSERT INTO chaos_audit (tbl, instance_id, seq, kind, old_state, new_state)
-        VALUES ('signals', NEW.instance_id, NEW.consumed_seq, NEW.name,
-                OLD.consumed_seq::text, NEW.consumed_seq::text);
-    END IF;
-    RETURN NULL;
-END $$ LANGUAGE plpgsql;
-CREATE OR REPLACE TRIGGER chaos_audit_signals AFTER UPDATE ON durable_signals
-    FOR EACH ROW EXECUTE FUNCTION chaos_audit_signals();
-"""
-
-
-@dataclass(frozen=True)
-class Planned:
-    """One workflow the soak started, and what it must end as."""
-
-    id: str
-    workflow: str
-    round: int
-    status: str
-    """``"completed"`` or ``"failed"``."""
-    result: Any = None
-    """The exact result (``None`` with ``check``)."""
-    check: str = ""
-    """A named check instead of an exact result (see ``verdict``)."""
-    failure_type: str = ""
-    effects: tuple[str, ...] = ()
-    """Labels of the steps that must take effect exactly once (children's included)."""
-    signals: tuple[str, ...] = ()
 
 
 @dataclass
@@ -169,99 +111,6 @@ class SoakRun:
     started: float = 0.0
     finished: float = 0.0
     logs: str = ""
-
-
-def install_audit(store_url: str) -> None:
-    """Add the audit triggers to the store's database (its schema must exist)."""
-    engine = create_engine(store_url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(AUDIT_DDL)
-    finally:
-        engine.dispose()
-
-
-def plan_round(
-    number: int, rng: random.Random, fault: str = "none"
-) -> list[tuple[Planned, tuple[Any, ...]]]:
-    """The workflows of one round (ids unique to the run) and their arguments.
-
-    Under a bad deploy, ``mix.long_steps`` (the workflow the deploy changes) runs 6 s
-    steps, so it is still running when the changed code is.
-    """
-    tag = f"r{number}-{uuid.uuid4().hex[:6]}"
-    p1, p2 = f"{tag}-go-1", f"{tag}-go-2"
-    refuse = number % 2 == 1
-    return [
-        (
-            Planned(
-                f"{tag}-transfer",
-                "mix.transfer",
-                number,
-                "failed" if refuse else "completed",
-                result=None if refuse else "transferred",
-                failure_type="CreditRefused" if refuse else "",
-                effects=("debit", "refund") if refuse else ("debit", "credit"),
-            ),
-            ("acct", 10 + number, refuse),
-        ),
-        (
-            Planned(
-                f"{tag}-retry",
-                "mix.retry_and_run",
-                number,
-                "completed",
-                check="token_then_flaky",
-                effects=("flaky",),
-            ),
-            (2,),
-        ),
-        (
-            Planned(
-                f"{tag}-timers",
-                "mix.timers",
-                number,
-                "completed",
-                result="slept",
-                effects=("tick", "tock"),
-            ),
-            (0.5, 3.0 + rng.random() * 2),
-        ),
-        (
-            Planned(
-                f"{tag}-signals",
-                "mix.signals",
-                number,
-                "completed",
-                result=[p1, p2],
-                effects=("signalled",),
-                signals=(p1, p2),
-            ),
-            (),
-        ),
-        (
-            Planned(
-                f"{tag}-fanout",
-                "mix.fanout",
-                number,
-                "completed",
-                result=["fan0", "fan1", 30],
-                effects=("fan0", "fan1", "child"),
-            ),
-            (1.0,),
-        ),
-        (
-            Planned(
-                f"{tag}-long",
-                "mix.long_steps",
-                number,
-                "completed",
-                result=["long1", "long2"],
-                effects=("long1", "long2"),
-            ),
-            (6.0 if fault == "bad_deploy" else 1.5,),
-        ),
-    ]
 
 
 def retrying(

@@ -27,12 +27,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import create_engine
-
 from celery_durable import Durable
 from celery_durable.engine.journal import Instance
+from chaos.audit import read_audit
 from chaos.mix import ATTEMPT_SEP, MixConfig, make_mix_app
-from chaos.soak import Planned, SoakRun
+from chaos.plans import Planned
+from chaos.soak import SoakRun
 
 #: A run may start this long after its outcome's commit and still be a race (it read the
 #: journal just before the commit): scheduling jitter on a loaded two-core machine.
@@ -122,19 +122,6 @@ def read_runs(log_text: str) -> tuple[list[Run], list[tuple[str, float]]]:
         )
     runs.sort(key=lambda r: r.start)
     return runs, crashes
-
-
-def read_audit(store_url: str) -> list[dict[str, Any]]:
-    engine = create_engine(store_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT tbl, instance_id, seq, kind, old_state, new_state, at "
-                "FROM chaos_audit ORDER BY id"
-            )
-            return [dict(row._mapping) for row in rows]
-    finally:
-        engine.dispose()
 
 
 def _root_of(idem: str, roots: list[str]) -> str | None:

@@ -1,0 +1,110 @@
+"""What a soak round starts: one workflow of each kind in the mix, and how each must end."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One workflow the soak started, and what it must end as."""
+
+    id: str
+    workflow: str
+    round: int
+    status: str
+    """``"completed"`` or ``"failed"``."""
+    result: Any = None
+    """The exact result (``None`` with ``check``)."""
+    check: str = ""
+    """A named check instead of an exact result (see ``verdict``)."""
+    failure_type: str = ""
+    effects: tuple[str, ...] = ()
+    """Labels of the steps that must take effect exactly once (children's included)."""
+    signals: tuple[str, ...] = ()
+
+
+def plan_round(
+    number: int, rng: random.Random, fault: str = "none"
+) -> list[tuple[Planned, tuple[Any, ...]]]:
+    """The workflows of one round (ids unique to the run) and their arguments.
+
+    Under a bad deploy, ``mix.long_steps`` (the workflow the deploy changes) runs 6 s
+    steps, so it is still running when the changed code is.
+    """
+    tag = f"r{number}-{uuid.uuid4().hex[:6]}"
+    p1, p2 = f"{tag}-go-1", f"{tag}-go-2"
+    refuse = number % 2 == 1
+    return [
+        (
+            Planned(
+                f"{tag}-transfer",
+                "mix.transfer",
+                number,
+                "failed" if refuse else "completed",
+                result=None if refuse else "transferred",
+                failure_type="CreditRefused" if refuse else "",
+                effects=("debit", "refund") if refuse else ("debit", "credit"),
+            ),
+            ("acct", 10 + number, refuse),
+        ),
+        (
+            Planned(
+                f"{tag}-retry",
+                "mix.retry_and_run",
+                number,
+                "completed",
+                check="token_then_flaky",
+                effects=("flaky",),
+            ),
+            (2,),
+        ),
+        (
+            Planned(
+                f"{tag}-timers",
+                "mix.timers",
+                number,
+                "completed",
+                result="slept",
+                effects=("tick", "tock"),
+            ),
+            (0.5, 3.0 + rng.random() * 2),
+        ),
+        (
+            Planned(
+                f"{tag}-signals",
+                "mix.signals",
+                number,
+                "completed",
+                result=[p1, p2],
+                effects=("signalled",),
+                signals=(p1, p2),
+            ),
+            (),
+        ),
+        (
+            Planned(
+                f"{tag}-fanout",
+                "mix.fanout",
+                number,
+                "completed",
+                result=["fan0", "fan1", 30],
+                effects=("fan0", "fan1", "child"),
+            ),
+            (1.0,),
+        ),
+        (
+            Planned(
+                f"{tag}-long",
+                "mix.long_steps",
+                number,
+                "completed",
+                result=["long1", "long2"],
+                effects=("long1", "long2"),
+            ),
+            (6.0 if fault == "bad_deploy" else 1.5,),
+        ),
+    ]
