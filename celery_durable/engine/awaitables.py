@@ -86,6 +86,15 @@ class _Command(_Awaitable):
         super().__init__(owner)
         self.name = name
         self.input = input
+        self.seq: int | None = None
+        """Its place in the journal, once the replay driver has issued it."""
+
+    def rejoin(self) -> _Rejoin:
+        """Wait again for this command, already issued, after a cancellation was thrown at
+        its await (a saga finishing the compensation it was running)."""
+        if self.seq is None:
+            raise RuntimeError(f"{self.describe()} was never issued; await it instead")
+        return _Rejoin(self.owner, self)
 
     def describe(self) -> str:
         """How messages name this command, e.g. ``step 'bank.start_transfer'``."""
@@ -384,6 +393,19 @@ def _function_name(fn: Callable[..., Any]) -> str:
 
 RACE_RECORD = "ctx.first"
 """The name of the ``run`` event that journals the winner of a ``ctx.first`` race."""
+
+
+class _Rejoin(_Awaitable):
+    """Waits for the outcome of a command issued earlier; issues nothing."""
+
+    verb = "step"
+
+    def __init__(self, owner: WorkflowContext, command: _Command) -> None:
+        super().__init__(owner)
+        self.command = command
+
+    def describe(self) -> str:
+        return f"the rest of {self.command.describe()}"
 
 
 class _Combination(_Awaitable):

@@ -538,7 +538,10 @@ class WorkflowContext:
         still run; the failures are then attached to the propagating exception as
         ``compensation_failures`` (a list of ``StepFailed``, in the order they ran) and
         summed up in a note (``__notes__``), which shows in tracebacks and in the failed
-        instance's error details. If the block ends normally, nothing runs.
+        instance's error details. A cancellation requested while the compensations run
+        does not cut them short: the running one is waited for, the others still run,
+        and the block's exception propagates with a note saying so. If the block ends
+        normally, nothing runs.
 
         Example::
 

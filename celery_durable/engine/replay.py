@@ -43,6 +43,7 @@ from celery_durable.engine.awaitables import (
     _Cursor,
     _First,
     _Gather,
+    _Rejoin,
     decode_child_id,
     decode_deadline,
     decode_fire_time,
@@ -305,6 +306,8 @@ class _Pass:
             events = [self._issue(command) for command in awaited.parts]
         elif isinstance(awaited, _Command):
             events = [self._issue(awaited)]
+        elif isinstance(awaited, _Rejoin):
+            events = [self._issued(awaited.command)]
         else:
             raise TypeError(f"the engine cannot resolve {awaited.describe()}")
         if self.cursor.in_journal and self.journal[self.cursor.seq].kind == Kind.CANCEL:
@@ -408,8 +411,16 @@ class _Pass:
                 self.started.append(message)
             elif message is not None:
                 self.steps.append(message)
+        command.seq = seq
         self.cursor.seq += 1
         return event
+
+    def _issued(self, command: _Command) -> Event:
+        """The event ``command`` got when it was issued earlier in this pass."""
+        assert command.seq is not None
+        if command.seq < len(self.journal):
+            return self.journal[command.seq]
+        return next(event for event in self.new_events if event.seq == command.seq)
 
     def _settle(self, event: Event, *, resolve_signal: bool = True) -> _Part:
         """Where ``event`` stands in this pass.

@@ -6,7 +6,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from celery_durable.engine.awaitables import _ContinueAsNew
-from celery_durable.errors import StepFailed
+from celery_durable.errors import StepFailed, WorkflowCancelled
 
 if TYPE_CHECKING:
     from celery_durable.engine.awaitables import _Command
@@ -64,13 +64,22 @@ class Saga:
         if exc is None or isinstance(exc, _NOT_COMPENSATED):
             return
         failures: list[tuple[str, StepFailed]] = []
+        interrupted = False
         for command in reversed(self._compensations):
             try:
-                await command
+                try:
+                    await command
+                except WorkflowCancelled:
+                    # A cancel requested while rolling back does not cut the rollback
+                    # short: this compensation is waited for, and the others still run.
+                    interrupted = True
+                    await command.rejoin()
             except StepFailed as failure:  # journaled like any step; the others still run
                 failures.append((command.name, failure))
         if failures:
             _attach(exc, failures)
+        if interrupted:
+            _note(exc, "a cancellation arrived while the saga rolled back; every compensation ran")
         # returning None lets ``exc`` propagate: the block's own exception, unchanged
 
 
@@ -85,7 +94,11 @@ def _attach(exc: BaseException, failures: list[tuple[str, StepFailed]]) -> None:
     exc.compensation_failures = [*previous, *(f for _, f in failures)]  # type: ignore[attr-defined]
     lines = [f"{len(failures)} compensation step(s) failed while the saga rolled back:"]
     lines += [f"  - step {name!r}: {failure}" for name, failure in failures]
-    note = "\n".join(lines)
+    _note(exc, "\n".join(lines))
+
+
+def _note(exc: BaseException, note: str) -> None:
+    """Add ``note`` to ``exc`` (``__notes__``: tracebacks and failure details show it)."""
     if hasattr(exc, "add_note"):  # Python >= 3.11
         exc.add_note(note)
     else:  # Python 3.10 has no add_note; the engine still reads __notes__

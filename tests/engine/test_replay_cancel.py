@@ -276,3 +276,83 @@ def test_failed_compensation_after_cancel_is_reported(instance: MakeInstance, co
     assert decision.failure is not None
     assert decision.failure.type == "WorkflowCancelled"
     assert "step 'pay.release': LedgerDown: offline" in (decision.failure.details or "")
+
+
+async def two_legs(ctx: WorkflowContext) -> Any:
+    async with ctx.saga() as s:
+        await ctx.step("bank.debit")
+        s.compensate("bank.refund_debit")
+        await ctx.step("bank.credit")
+        s.compensate("bank.refund_credit")
+        await ctx.step("bank.notify")  # fails: both legs are rolled back
+    return "done"
+
+
+def rolling_back(instance: MakeInstance, codec: Any) -> list[Event]:
+    """``two_legs`` with its last step failed: the first compensation pending."""
+    journal: list[Event] = []
+    for seq in range(3):
+        journal = commit(journal, run(two_legs, instance, codec, journal))
+        if seq < 2:
+            journal = done(journal, seq)
+    failed = dataclasses.replace(journal[2], state=State.FAILED, failure=Failure("Down", "x"))
+    journal = commit([*journal[:2], failed], run(two_legs, instance, codec, [*journal[:2], failed]))
+    assert [(e.seq, e.name, e.state) for e in journal][2:] == [
+        (2, "bank.notify", State.FAILED),
+        (3, "bank.refund_credit", State.SCHEDULED),
+    ]
+    return journal
+
+
+def test_cancel_during_a_rollback_waits_for_the_running_compensation_then_runs_the_rest(
+    instance: MakeInstance, codec: Any
+) -> None:
+    """Regression: a cancel that arrived while a saga compensated used to skip the
+    compensations left (money debited and never refunded)."""
+    journal = rolling_back(instance, codec)
+
+    cancelled = run(two_legs, instance, codec, journal, cancel=True, now=LATER)
+
+    # The cancel is journaled where the saga waits; nothing else is issued yet: the
+    # running compensation is waited for first, to keep the reverse order.
+    assert cancelled.status is Status.RUNNING
+    assert cancelled.new_events == [cancel_event(4, LATER)]
+    assert cancelled.steps == []
+    journal = commit(journal, cancelled)
+
+    # It finishes: the next compensation is issued (after the journaled CANCEL).
+    journal = done(journal, 3)
+    next_one = run(two_legs, instance, codec, journal, cancel=True, now=LATER)
+    assert next_one.status is Status.RUNNING
+    assert [(e.seq, e.name) for e in next_one.new_events] == [(5, "bank.refund_debit")]
+    assert next_one.steps == [ScheduleStep(5, "bank.refund_debit", (), {})]
+    journal = commit(journal, next_one)
+
+    # Both ran: the workflow fails with its own error, noting the cancellation.
+    ended = run(two_legs, instance, codec, done(journal, 5), cancel=True, now=LATER)
+    assert ended.status is Status.FAILED
+    assert ended.failure is not None
+    assert ended.failure.type == "Down"  # the failed step's error, as without the cancel
+    assert "a cancellation arrived while the saga rolled back" in (ended.failure.details or "")
+    assert ended.new_events == []
+
+
+def test_cancel_during_a_rollback_reports_the_interrupted_compensation_failing(
+    instance: MakeInstance, codec: Any
+) -> None:
+    journal = commit(
+        rolling_back(instance, codec),
+        run(two_legs, instance, codec, rolling_back(instance, codec), cancel=True),
+    )
+    refund_failed = dataclasses.replace(
+        journal[3], state=State.FAILED, failure=Failure("LedgerDown", "offline")
+    )
+    journal = [*journal[:3], refund_failed, journal[4]]
+    journal = commit(journal, run(two_legs, instance, codec, journal, cancel=True))
+
+    ended = run(two_legs, instance, codec, done(journal, 5), cancel=True)
+
+    assert ended.status is Status.FAILED
+    details = ended.failure.details if ended.failure else ""
+    assert "step 'bank.refund_credit': LedgerDown: offline" in (details or "")
+    assert "a cancellation arrived while the saga rolled back" in (details or "")

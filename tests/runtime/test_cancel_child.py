@@ -62,6 +62,65 @@ def test_cancel_during_a_running_step_runs_the_compensation(durable: Durable, wo
     assert handle.cancel() is False  # finished: nothing to do
 
 
+def test_cancel_during_a_rollback_still_runs_every_compensation(
+    durable: Durable, worker: Any
+) -> None:
+    """Regression: a cancel that arrived while a saga compensated skipped the rest."""
+    gate = threading.Event()
+    log: list[str] = []
+
+    @durable.step
+    def debit() -> None:
+        log.append("debit")
+
+    @durable.step
+    def credit() -> None:
+        log.append("credit")
+
+    @durable.step
+    def notify() -> None:
+        raise RuntimeError("mail server down")
+
+    @durable.step
+    def refund_credit() -> None:
+        log.append("refund credit: started")
+        assert gate.wait(20)
+        log.append("refund credit: done")
+
+    @durable.step
+    def refund_debit() -> None:
+        log.append("refund debit")
+
+    @durable.workflow
+    async def transfer(ctx: WorkflowContext) -> str:
+        async with ctx.saga() as saga:
+            await ctx.step(debit)
+            saga.compensate(refund_debit)
+            await ctx.step(credit)
+            saga.compensate(refund_credit)
+            await ctx.step(notify)
+        return "done"
+
+    with worker():
+        handle = transfer.delay()
+        wait_for(lambda: "refund credit: started" in log)
+        assert handle.cancel() is True
+        wait_for(lambda: any(e.kind.value == "cancel" for e in handle.history()))
+        gate.set()
+        with pytest.raises(WorkflowFailed) as info:
+            handle.result(timeout=30)
+
+    assert log == [
+        "debit",
+        "credit",
+        "refund credit: started",
+        "refund credit: done",
+        "refund debit",  # after the running one ended: the reverse order holds
+    ]
+    assert info.value.type == "RuntimeError"  # the saga's own failure, not the cancel
+    assert "a cancellation arrived while the saga rolled back" in (info.value.details or "")
+
+
 def test_cancelled_is_not_swallowed_by_except_exception(durable: Durable, worker: Any) -> None:
     @durable.workflow
     async def stubborn(ctx: WorkflowContext) -> str:
