@@ -7,7 +7,7 @@ builds the same app in its own process to start workflows and send signals.
 The mix covers what the library promises to carry through a crash: steps with Celery
 retries (``autoretry_for``), local runs (``ctx.run``), short timers (ETA messages) and
 long ones (store only, woken by the tick), signals, ``ctx.gather`` with a child
-workflow, and a saga whose compensation runs.
+workflow, a saga whose compensation runs, and a saga cancelled from outside.
 
 Every step writes its life to the run log (a file of ``label key event pid time`` lines,
 one ``O_APPEND`` write each, so lines from many processes never mix): ``start``, then
@@ -240,6 +240,14 @@ def make_mix_app(config: MixConfig) -> MixApp:
         effect("refund")
         return f"refund-{account}-{amount}"
 
+    @durable.step(name="mix.hold")
+    def hold() -> None:
+        effect("hold")
+
+    @durable.step(name="mix.unhold")
+    def unhold() -> None:
+        effect("unhold")
+
     @durable.step(
         name="mix.flaky",
         autoretry_for=(Flaky,),
@@ -306,6 +314,14 @@ def make_mix_app(config: MixConfig) -> MixApp:
             ctx.step(work, "fan1", seconds),
             ctx.child(child, 3),
         )
+
+    @durable.workflow(name="mix.cancelled")
+    async def cancelled(ctx: WorkflowContext, seconds: float) -> str:
+        async with ctx.saga() as saga:
+            await ctx.step(hold)
+            saga.compensate(unhold)
+            await ctx.step(work, "held", seconds)  # the soak cancels it about here
+        return "not cancelled"
 
     if config.changed_code:
         # The bad deploy: the first command is now another step, so a journal written by

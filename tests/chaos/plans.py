@@ -25,6 +25,10 @@ class Planned:
     effects: tuple[str, ...] = ()
     """Labels of the steps that must take effect exactly once (children's included)."""
     signals: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    """Labels of steps that may take effect, at most once (a cancelled workflow's)."""
+    cancel_after: float | None = None
+    """Seconds after the round's start at which the soak cancels it."""
 
 
 def plan_round(
@@ -106,5 +110,22 @@ def plan_round(
                 effects=("long1", "long2"),
             ),
             (6.0 if fault == "bad_deploy" else 1.5,),
+        ),
+        (
+            Planned(
+                f"{tag}-cancelled",
+                "mix.cancelled",
+                number,
+                "cancelled",
+                failure_type="WorkflowCancelled",
+                effects=("hold",),
+                # The step running when the cancel comes ends all the same (or never
+                # starts, if its message is lost: a cancelled workflow resends nothing);
+                # the compensation runs if the cancel came after ``hold`` was journaled.
+                optional=("held", "unhold"),
+                check="compensated_if_held",
+                cancel_after=rng.uniform(1.0, 2.0),
+            ),
+            (4.0,),
         ),
     ]

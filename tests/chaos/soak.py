@@ -358,6 +358,13 @@ class Soak:
                             retrying(lambda: durable.signal(p.id, "go", value))
 
                     actions.append((at, send))
+                if planned.cancel_after is not None:
+
+                    def cancel(p: Planned = planned) -> None:
+                        with contextlib.suppress(*BROKER_ERRORS):  # as for a signal
+                            retrying(lambda: durable.cancel(p.id))
+
+                    actions.append((t0 + planned.cancel_after, cancel))
             if fault not in ("none", "duplicates"):
                 actions.append((t0 + self.rng.uniform(0.5, 3.0), lambda: self.inject(fault, rnd)))
             for at, action in sorted(actions, key=lambda pair: pair[0]):

@@ -1,13 +1,13 @@
 """The fault soak, bounded for CI: one round of every fault, then every check.
 
 Each round starts the whole workflow mix (retries, local runs, short and long timers,
-signals, gather with a child, a saga that compensates) on two prefork workers with two
-beats, and injects one fault: a worker's process group SIGKILLed, a worker restarted as a
-deploy restarts it, a pool child SIGKILLed, Redis killed and restarted empty, PostgreSQL
-shut down immediately and restarted, every message delivered twice, or a worker process
-crashing at one of the library's crash points.
-``chaos.verdict`` lists what the checks found; the figures go to the terminal summary.
-The long run is ``python bench/chaos.py --duration SECONDS``.
+signals, gather with a child, a saga that compensates, a saga cancelled from outside) on
+two prefork workers with two beats, and injects one fault: a worker's process group
+SIGKILLed, a worker restarted as a deploy restarts it, a bad deploy rolled back, a pool
+child SIGKILLed, Redis killed and restarted empty, PostgreSQL shut down immediately and
+restarted, every message delivered twice, or a worker process crashing at one of the
+library's crash points. ``chaos.verdict`` lists what the checks found; the figures go to
+the terminal summary. The long run is ``python bench/chaos.py --duration SECONDS``.
 """
 
 from __future__ import annotations

@@ -244,7 +244,18 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
                 v.violations.append(
                     f"{p.id}: step {label} took effect {effects[p.id][label]} times"
                 )
-        unexpected = set(effects[p.id]) - set(p.effects)
+        for label in p.optional:
+            if effects[p.id][label] > 1:
+                v.violations.append(
+                    f"{p.id}: step {label} took effect {effects[p.id][label]} times"
+                )
+        if p.check == "compensated_if_held":
+            # The compensation was registered once ``hold`` returned in the workflow: its
+            # step is in the journal exactly when the cancel came after that.
+            names = [e.name for e in durable.handle(p.id).history()]
+            if "mix.unhold" in names and effects[p.id]["unhold"] != 1:
+                v.violations.append(f"{p.id}: compensation journaled but took no effect")
+        unexpected = set(effects[p.id]) - set(p.effects) - set(p.optional)
         if unexpected:
             v.violations.append(f"{p.id}: unexpected effects {sorted(unexpected)}")
 
@@ -277,7 +288,7 @@ def _check_end(p: Planned, instance: Instance | None, durable: Durable) -> str:
         failure = instance.failure
         why = f" ({failure.type}: {failure.message[:200]})" if failure else ""
         return f"ended {status}{why}, planned {p.status}"
-    if p.status == "failed":
+    if p.status in ("failed", "cancelled"):
         failure = instance.failure
         if failure is None or failure.type != p.failure_type:
             return f"failed with {failure}, planned {p.failure_type}"
