@@ -66,6 +66,8 @@ class Verdict:
     lost: list[str] = field(default_factory=list)
     extra_runs: Counter[str] = field(default_factory=Counter)
     extra_by_fault: Counter[str] = field(default_factory=Counter)
+    cancels_too_late: Counter[str] = field(default_factory=Counter)
+    """Cancelled sagas that completed first, by the fault of their round."""
     retries: int = 0
     races: int = 0
 
@@ -146,8 +148,19 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
     audit = read_audit(run.config.store)
 
     # 1. Every workflow ends as planned.
+    fault_of = {p.id: r.fault for r in run.rounds for p in r.planned}
     for p in planned.values():
-        problem = _check_end(p, instances.get(p.id), durable)
+        instance = instances.get(p.id)
+        if _finished_before_its_cancel(p, instance, durable):
+            # Legitimate only if a fault delayed the pass that would have thrown the
+            # cancellation until the workflow no longer blocked anywhere.
+            v.cancels_too_late[fault_of[p.id]] += 1
+            if fault_of[p.id] == "none":
+                v.violations.append(f"{p.id}: completed despite its cancel, without a fault")
+            else:
+                v.completed_as_planned += 1
+            continue
+        problem = _check_end(p, instance, durable)
         if problem:
             v.violations.append(f"{p.id}: {problem}")
             if instances.get(p.id) is None or not instances[p.id].status.is_terminal:
@@ -189,7 +202,6 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
         for (instance_id, seq), rows in finals.items()
     }
     roots = sorted(planned, key=len, reverse=True)
-    fault_of = {p.id: r.fault for r in run.rounds for p in r.planned}
     by_key: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         by_key[r.idem].append(r)
@@ -278,6 +290,18 @@ def judge_run(run: SoakRun) -> Verdict:
     finally:
         mix.durable.store.close()
         mix.app.close()
+
+
+def _finished_before_its_cancel(p: Planned, instance: Instance | None, durable: Durable) -> bool:
+    """The cancelled saga completed: the cancel was requested, but no pass ran while it
+    still blocked (its step had ended), so there was nowhere to throw it."""
+    if p.check != "compensated_if_held" or instance is None:
+        return False
+    if instance.status.value != "completed":
+        return False
+    history = durable.handle(p.id).history()
+    result = durable.codec(instance.serializer).loads(instance.output) if instance.output else None
+    return result == "not cancelled" and all(e.kind.value != "cancel" for e in history)
 
 
 def _check_end(p: Planned, instance: Instance | None, durable: Durable) -> str:
@@ -394,6 +418,17 @@ def _figures(
         f"timers fired: {len(timers)}, each once"
     )
     lines.append(f"signals: {sent} sent, {consumed} consumed (each exactly once)")
+    late = sum(v.cancels_too_late.values())
+    cancels = sum(1 for r in rounds for p in r.planned if p.cancel_after is not None)
+    lines.append(
+        f"cancels: {cancels} sent, {cancels - late} cancelled their saga"
+        + (
+            f"; {late} landed after it had finished blocking (it completed): "
+            + ", ".join(f"{fault} {n}" for fault, n in sorted(v.cancels_too_late.items()))
+            if late
+            else ""
+        )
+    )
     lines.append(
         f"steps run after their outcome was journaled: "
         f"{sum('after its outcome' in x for x in v.violations)} "
