@@ -54,9 +54,7 @@ Processes
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -69,9 +67,7 @@ from sqlalchemy import (
     Executable,
     bindparam,
     case,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     literal,
@@ -81,12 +77,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import QueuePool, StaticPool
 
 from celery_durable import faults
 from celery_durable.engine.journal import Event, Instance, Signal, State, Status
 from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
 from celery_durable.stores.base import Commit
+from celery_durable.stores.engines import (
+    BEGIN_OPTION,
+    create_server_engine,
+    create_sqlite_engine,
+)
 from celery_durable.stores.rows import (
     aware,
     check_restart,
@@ -112,18 +112,11 @@ from celery_durable.stores.urls import mask, parse_url
 
 __all__ = ["SQLAlchemyStore"]
 
-SQLITE_BUSY_TIMEOUT = 30.0
-"""Seconds a SQLite writer waits for the write lock before failing."""
-
-CONNECT_TIMEOUT = 10
-"""Seconds to wait for a server database to accept a connection."""
-
 _PENDING = (State.SCHEDULED.value, State.STARTED.value)
 _SQLITE_DUE = (
     "SELECT id FROM durable_instances INDEXED BY ix_durable_instances_due"
     f" WHERE {ACTIVE} AND wake_at <= :now ORDER BY wake_at LIMIT :limit"
 )
-_BEGIN_OPTION = "celery_durable_begin"
 _SCHEMA_LOCK_KEY = 0x6475_7261_626C  # pg_advisory_xact_lock key: "durabl"
 
 
@@ -518,7 +511,7 @@ class SQLAlchemyStore:
             with engine.connect() as conn:
                 if self._sqlite:
                     conn.execution_options(
-                        **{_BEGIN_OPTION: "BEGIN IMMEDIATE" if write else "BEGIN"}
+                        **{BEGIN_OPTION: "BEGIN IMMEDIATE" if write else "BEGIN"}
                     )
                 with conn.begin():
                     yield conn
@@ -579,51 +572,10 @@ class SQLAlchemyStore:
     def _create_engine(self) -> Engine:
         try:
             if self._sqlite:
-                return self._create_sqlite_engine()
-            connect_args: dict[str, Any] = {}
-            if (
-                self._url.get_driver_name() == "psycopg"
-                and "connect_timeout" not in self._url.query
-            ):
-                connect_args["connect_timeout"] = CONNECT_TIMEOUT
-            return create_engine(
-                self._url,
-                pool_pre_ping=True,
-                pool_size=5,
-                max_overflow=10,
-                connect_args=connect_args,
-            )
+                return create_sqlite_engine(self._url, memory=self._memory)
+            return create_server_engine(self._url)
         except (sa_exc.ArgumentError, TypeError) as exc:
             raise ConfigurationError(f"store URL {self._display} cannot be used: {exc}") from exc
-
-    def _create_sqlite_engine(self) -> Engine:
-        if self._memory:
-            engine = create_engine(
-                self._url, poolclass=StaticPool, connect_args={"check_same_thread": False}
-            )
-        else:
-            engine = create_engine(self._url, poolclass=QueuePool, pool_size=5, max_overflow=10)
-        memory = self._memory
-
-        def on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # Disable sqlite3's own BEGIN; on_begin emits ours.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
-                if not memory:
-                    _use_wal(cursor)
-                cursor.execute("PRAGMA synchronous = NORMAL")
-                cursor.execute("PRAGMA foreign_keys = ON")
-            finally:
-                cursor.close()
-
-        def on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
-
-        event.listen(engine, "connect", on_connect)
-        event.listen(engine, "begin", on_begin)
-        return engine
 
     def _ensure_schema(self, engine: Engine) -> None:
         """Create the tables if missing and check the recorded schema version.
@@ -636,7 +588,7 @@ class SQLAlchemyStore:
             try:
                 with engine.connect() as conn:
                     if self._sqlite:
-                        conn.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+                        conn.execution_options(**{BEGIN_OPTION: "BEGIN IMMEDIATE"})
                     with conn.begin():
                         self._create_schema(conn)
                 return
@@ -666,25 +618,6 @@ class SQLAlchemyStore:
                 f"version {SCHEMA_VERSION} this celery_durable knows: upgrade celery_durable "
                 "(pip install -U celery-durable) in every process that uses this store"
             )
-
-
-def _use_wal(cursor: Any) -> None:
-    """Switch the file to WAL (a lasting property of the file) unless it is already.
-
-    The switch needs the file to itself, and SQLite answers "database is locked" at once,
-    without its busy handler, while another process opens the new file at the same
-    moment: retry within the busy timeout.
-    """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
-    while True:
-        try:
-            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def _reset_locks_after_fork(store: SQLAlchemyStore) -> None:
