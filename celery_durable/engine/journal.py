@@ -114,6 +114,9 @@ class Event:
         heartbeat_at: the step's last sign of life: when it was last sent, or when the
             worker running it last reported in. Recovery re-sends a step whose last sign
             of life is too old.
+        resends: how many times the step was presumed lost after it had started (its
+            worker died, or a hard time limit killed it) and was sent again; past
+            ``durable_max_resends`` it fails with ``StepFailed`` of type ``"StepLost"``.
     """
 
     seq: int
@@ -128,6 +131,7 @@ class Event:
     completed_at: datetime | None = None
     attempts: int = 0
     heartbeat_at: datetime | None = None
+    resends: int = 0
 
 
 @dataclass
@@ -150,6 +154,14 @@ class Instance:
         inbox: how many signals were sent to the instance and not consumed yet.
         cancel_requested: ``handle.cancel()`` was called; the next pass throws
             :class:`~celery_durable.errors.WorkflowCancelled` into the workflow.
+        run: the run number, 1 for the first run; ``ctx.continue_as_new()`` starts the
+            next. Every run has its own identity (step task ids, ``ctx.uuid4()`` seeds,
+            default child ids), so nothing of one run is journaled into another.
+        note: why a live instance is not moving, for people (e.g. "waiting for a worker
+            that knows workflow X"); ``None`` when nothing is in the way.
+        parent_close: what happens to this child when its parent ends
+            (``"terminate"``, ``"cancel"`` or ``"abandon"``); ``None`` for a top-level
+            instance.
     """
 
     id: str
@@ -167,6 +179,9 @@ class Instance:
     parent_id: str | None = None
     inbox: int = 0
     cancel_requested: bool = False
+    run: int = 1
+    note: str | None = None
+    parent_close: str | None = None
 
 
 @dataclass(frozen=True)
