@@ -17,6 +17,25 @@ from celery_durable.errors import ConfigurationError, SerializationError
 registry: Any = _untyped_registry  # kombu ships no type hints
 
 
+def content_type(serializer: str) -> str:
+    """The content type of a kombu serializer name; a content type is returned as it is.
+
+    Raises:
+        ConfigurationError: no serializer of that name is registered with kombu.
+    """
+    if "/" in serializer:
+        return serializer
+    try:
+        found: str = registry.name_to_type[serializer]
+    except KeyError:
+        raise ConfigurationError(
+            f"{serializer!r} is not a registered kombu serializer (known: "
+            f"{', '.join(sorted(registry.name_to_type))}); install or register it, or "
+            "name a content type such as 'application/json'"
+        ) from None
+    return found
+
+
 class KombuCodec:
     """A :class:`~celery_durable.engine.serialization.Codec` over one kombu serializer.
 

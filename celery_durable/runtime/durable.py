@@ -31,11 +31,12 @@ from celery_durable.engine.journal import Instance, Status
 from celery_durable.errors import (
     ConfigurationError,
     DurableError,
+    SerializationError,
     StoreError,
     UnknownWorkflow,
     WorkflowNotFound,
 )
-from celery_durable.runtime.codec import KombuCodec
+from celery_durable.runtime.codec import KombuCodec, content_type
 from celery_durable.runtime.heartbeat import Heartbeats
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome, advance
 from celery_durable.runtime.recovery import recover
@@ -182,10 +183,28 @@ class Durable:
         return self._store
 
     def codec(self, name: str | None = None) -> KombuCodec:
-        """The payload codec called ``name``; the configured ``durable_serializer`` by default."""
+        """The payload codec called ``name``; the configured ``durable_serializer`` by default.
+
+        Raises:
+            SerializationError: ``name`` is not in ``durable_accept_content``: payloads a
+                journal row says were encoded with it are never decoded (a row must not
+                choose its decoder, e.g. pickle in a JSON-only app).
+        """
         name = name or self.settings.serializer
         codec = self._codecs.get(name)
         if codec is None:
+            accepted = self.settings.accept_content
+            try:
+                accepts = content_type(name) in {content_type(a) for a in accepted}
+            except ConfigurationError:
+                accepts = False  # a name kombu does not know is not accepted either
+            if not accepts:
+                raise SerializationError(
+                    f"payloads encoded with the {name!r} serializer are not accepted by this "
+                    f"app (durable_accept_content: {list(accepted)!r}) and are not decoded; "
+                    f"if the store's data is trusted, add {name!r} to "
+                    "app.conf.durable_accept_content"
+                )
             codec = self._codecs[name] = KombuCodec(name)
         return codec
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_durable.errors import ConfigurationError
+from celery_durable.runtime.codec import content_type
 from celery_durable.stores.base import DEFAULT_URL
 
 
@@ -35,11 +36,17 @@ class Settings:
             while the store is out of reach (``durable_outcome_patience``, default 60),
             still beating, so a database restart or failover does not run the step
             again. Past it, the step is retried by Celery, which runs it again.
+        accept_content: the serializers journal payloads may be decoded with
+            (``durable_accept_content``; kombu names such as ``"json"`` or content types
+            such as ``"application/json"``, as Celery's ``accept_content``). Defaults to
+            ``serializer`` and ``"json"``; a payload recorded with any other serializer is
+            refused with :class:`~celery_durable.SerializationError`, never decoded.
     """
 
     store: str
     queue: str | None
     serializer: str
+    accept_content: tuple[str, ...] = ()
     eta_max: float = 300.0
     tick_interval: float = 5.0
     step_timeout: float = 300.0
@@ -52,7 +59,9 @@ class Settings:
 
         Raises:
             ConfigurationError: a value is not a positive number, or ``durable_eta_max``
-                is not below the broker's ``visibility_timeout``.
+                is not below the broker's ``visibility_timeout``, or a serializer is
+                unknown to kombu, or ``durable_accept_content`` leaves out the configured
+                serializer.
         """
         numbers = {}
         for name, default in (
@@ -79,9 +88,44 @@ class Settings:
                 "timers then live in the store and the tick fires them) or raise "
                 "broker_transport_options['visibility_timeout']"
             )
+        serializer = conf.get("durable_serializer") or conf.get("task_serializer") or "json"
         return cls(
             store=conf.get("durable_store") or DEFAULT_URL,
             queue=conf.get("durable_queue") or None,
-            serializer=conf.get("durable_serializer") or conf.get("task_serializer") or "json",
+            serializer=serializer,
+            accept_content=_accept_content(conf.get("durable_accept_content"), serializer),
             **numbers,
         )
+
+
+def _accept_content(value: Any, serializer: str) -> tuple[str, ...]:
+    """``durable_accept_content`` checked: every entry known to kombu, ``serializer`` in it."""
+    if value is None:
+        entries = [serializer, "json"]
+    elif isinstance(value, str):
+        entries = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple, set, frozenset)) and all(
+        isinstance(v, str) for v in value
+    ):
+        entries = list(value)
+    else:
+        raise ConfigurationError(
+            "durable_accept_content must be a list of serializer names or content types "
+            f"(e.g. ['json'] or ['application/json']), not {value!r}"
+        )
+    accepted = tuple(dict.fromkeys(entries))  # without repeats, in the given order
+    try:
+        types = {content_type(entry) for entry in accepted}
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"durable_accept_content: {exc}") from None
+    try:
+        own = content_type(serializer)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"durable_serializer: {exc}") from None
+    if own not in types:
+        raise ConfigurationError(
+            f"durable_serializer {serializer!r} is not in durable_accept_content "
+            f"{list(accepted)!r}: the app could not read the payloads it writes; add "
+            f"{serializer!r} to app.conf.durable_accept_content"
+        )
+    return accepted
