@@ -1,11 +1,12 @@
 """Heartbeats of running steps: one daemon thread per worker process.
 
-A step that runs longer than ``durable_heartbeat_interval`` reports in every interval
-(``Store.heartbeat``): its journal record gets ``started_at`` / ``heartbeat_at`` and its
-instance a ``wake_at`` a few intervals ahead. If the worker dies, the beats stop, that
-``wake_at`` comes due, and the tick has the step sent again — within seconds, whatever
-the broker's visibility timeout. Steps shorter than one interval never write a beat, so
-the hot path pays nothing for this.
+Every step is marked started (``Store.start_step``) before its code runs, with
+``heartbeat_at`` = its start and its instance's ``wake_at`` a few intervals ahead. A step
+that runs longer than ``durable_heartbeat_interval`` then reports in every interval
+(``Store.heartbeat``), pushing both on. If the worker dies at any moment, the beats stop
+(or never come), that ``wake_at`` comes due, and the tick has the step sent again —
+within seconds, whatever the broker's visibility timeout. Steps shorter than one
+interval write no beat beyond their start mark.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ class Heartbeats:
 
     def __init__(self, durable: Durable) -> None:
         self._durable = durable
-        self._running: dict[tuple[str, int], float] = {}  # -> monotonic time of last beat
+        self._running: dict[tuple[str, int, int], float] = {}  # -> monotonic time of last beat
         self._lock = threading.Lock()
         self._pid = 0
 
     @contextmanager
-    def track(self, workflow_id: str, seq: int) -> Iterator[None]:
-        """Beat for step ``seq`` of ``workflow_id`` while the block runs."""
-        key = (workflow_id, seq)
+    def track(self, workflow_id: str, run: int, seq: int) -> Iterator[None]:
+        """Beat for step ``seq`` of run ``run`` of ``workflow_id`` while the block runs."""
+        key = (workflow_id, run, seq)
         with self._lock:
             self._running[key] = time.monotonic()
             if self._pid != os.getpid():  # first step in this (possibly forked) process
@@ -63,12 +64,12 @@ class Heartbeats:
             for key in due:
                 self._beat(key, interval)
 
-    def _beat(self, key: tuple[str, int], interval: float) -> None:
-        workflow_id, seq = key
+    def _beat(self, key: tuple[str, int, int], interval: float) -> None:
+        workflow_id, run, seq = key
         at = self._durable.now()
         try:
             alive = self._durable.store.heartbeat(
-                workflow_id, seq, at, at + timedelta(seconds=interval * HEARTBEAT_MISSES)
+                workflow_id, run, seq, at, at + timedelta(seconds=interval * HEARTBEAT_MISSES)
             )
         except DurableError as exc:
             logger.warning("heartbeat of %s:%d failed: %s", workflow_id, seq, exc)

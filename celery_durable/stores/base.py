@@ -49,12 +49,21 @@ class Commit:
             restart commit with ``outcomes`` or ``resent`` is refused (``ValueError``):
             the events they name are the old run's.
         resent: seqs of pending steps sent again by this commit's pass (recovery): their
-            ``heartbeat_at`` becomes ``updated_at`` and ``started_at`` is cleared.
+            ``heartbeat_at`` becomes ``updated_at``, ``started_at`` is cleared and the
+            state goes back to scheduled; a step that had started (its worker is
+            presumed lost) also counts one more in ``resends``.
         updated_at: the commit's time.
         wake_at: when the instance wants its orchestrator run next (a timer's due time),
             or ``None`` (cleared). Written by every commit, like ``status``.
         custom_status: the encoded value the workflow last set for observers, or
             ``None``. Written by every commit (replay recomputes it on each pass).
+        note: why the instance is not moving, for people, or ``None``. Written by every
+            commit.
+        restart_input: (see above) also counts the instance's ``run`` one up.
+        rewind_from: ``durable.retry`` of a failed instance: the events from this seq on
+            are deleted (the failure point and everything after it) and the signals they
+            consumed go back to the inbox (``inbox`` counts them again), in the same
+            transaction.
     """
 
     instance_id: str
@@ -70,6 +79,24 @@ class Commit:
     resent: Sequence[int] = field(default_factory=tuple)
     consumed: Sequence[tuple[int, int]] = field(default_factory=tuple)
     restart_input: str | None = None
+    note: str | None = None
+    rewind_from: int | None = None
+
+
+@dataclass(frozen=True)
+class StepStart:
+    """What :meth:`Store.start_step` found, and whether it marked the step started.
+
+    Attributes:
+        journal: the instance and its events as they are after the mark (``None`` if
+            there is no such instance).
+        marked: ``True`` if the step was a pending step of that run and name, and is now
+            marked started; ``False`` if it was not (already journaled, another run's,
+            not a step of that name, or missing): the caller must not run it.
+    """
+
+    journal: tuple[Instance, list[Event]] | None
+    marked: bool
 
 
 class Store(Protocol):
@@ -102,11 +129,49 @@ class Store(Protocol):
         """
         ...
 
-    def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:
-        """Record that a worker is running step ``seq`` (``heartbeat_at`` = ``at``; on the
-        first beat of a run, ``started_at`` unset, also ``started_at`` = ``at`` and
-        ``attempts += 1``), and pull the instance's ``wake_at`` to ``wake_by`` if
-        it is later (or unset), so that recovery looks at the step if the beats stop.
+    def start_step(
+        self, instance_id: str, run: int, seq: int, name: str, at: datetime, wake_by: datetime
+    ) -> StepStart:
+        """Mark step ``seq`` of run ``run`` started by a worker, before its code runs.
+
+        Applied only if the instance's ``run`` is ``run`` and event ``seq`` is a pending
+        step named ``name``: the event becomes STARTED with ``started_at`` =
+        ``heartbeat_at`` = ``at`` and ``attempts += 1`` (every run counts), the instance's
+        ``wake_at`` is pulled to ``wake_by`` if later or unset (a live instance), and its
+        version is bumped (a pass that read before the mark re-reads, so it can neither
+        overwrite that ``wake_at`` nor take the step for one never started). One
+        transaction, which locks the instance row first, as a commit does.
+
+        Returns:
+            The journal after the mark (read in the same transaction) and whether the
+            mark was applied.
+        """
+        ...
+
+    def reschedule_step(
+        self, instance_id: str, run: int, seq: int, due: datetime, wake_by: datetime
+    ) -> bool:
+        """A running step asked Celery to retry it at ``due``: the pending step ``seq`` of
+        run ``run`` goes back to SCHEDULED with ``heartbeat_at`` = ``due`` and
+        ``started_at`` cleared, so recovery waits for the retry's message (until ``due``
+        plus the step timeout) instead of sending the step again while it backs off. The
+        instance's ``wake_at`` is pulled to ``wake_by`` if later or unset, and its version
+        is bumped.
+
+        Returns:
+            ``True`` if applied; ``False`` if the step is no longer pending (or another
+            run's).
+        """
+        ...
+
+    def heartbeat(
+        self, instance_id: str, run: int, seq: int, at: datetime, wake_by: datetime
+    ) -> bool:
+        """Record that a worker is running step ``seq`` of run ``run`` (``heartbeat_at`` =
+        ``at``; on the first beat of a run, ``started_at`` unset, also ``started_at`` =
+        ``at`` and ``attempts += 1``), and pull the instance's ``wake_at`` to ``wake_by``
+        if it is later (or unset), so that recovery looks at the step if the beats stop.
+        Nothing is written if the instance's run is another one.
 
         Only a pending or running instance's ``wake_at`` is pulled. A store may leave it
         while a concurrent transaction holds the instance (a commit, which writes its own
@@ -171,9 +236,15 @@ class Store(Protocol):
         ...
 
     def list(
-        self, *, status: Status | None = None, workflow: str | None = None, limit: int = 100
+        self,
+        *,
+        status: Status | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        parent_id: str | None = None,
     ) -> list[Instance]:
-        """Instances, newest first, optionally filtered by status and workflow name."""
+        """Instances, newest first, optionally filtered by status, workflow name and
+        parent (a parent's children)."""
         ...
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ runs against both.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -26,18 +27,18 @@ from typing import Any
 
 from celery_durable import faults
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
-from celery_durable.stores.base import Commit
+from celery_durable.stores.base import Commit, StepStart
 from celery_durable.stores.rows import aware, check_restart, failure_text, resent_seqs
 from celery_durable.stores.schema import ACTIVE
 from celery_durable.stores.sqlalchemy import SQLAlchemyStore
 
 _INSTANCE_COLUMNS = (
     "id, workflow, status, input, serializer, version, created_at, updated_at, output, "
-    "failure, wake_at, custom_status, parent_id, inbox, cancel_requested"
+    "failure, wake_at, custom_status, parent_id, inbox, cancel_requested, run, note, parent_close"
 )
 _EVENT_COLUMNS = (
     "seq, kind, name, input, state, output, failure, scheduled_at, started_at, "
-    "completed_at, attempts, heartbeat_at"
+    "completed_at, attempts, heartbeat_at, resends"
 )
 _EVENTS_AT = len(_INSTANCE_COLUMNS.split(","))
 """Where a :data:`_LOAD` row's event columns start."""
@@ -59,7 +60,9 @@ _HEARTBEAT = (
     # The first beat of a run (sent or sent again: started_at unset) counts an attempt.
     " attempts = attempts + CASE WHEN started_at IS NULL THEN 1 ELSE 0 END"
     " WHERE instance_id = %(id)s AND seq = %(seq)s"
-    f" AND state IN {_PENDING} RETURNING instance_id),"
+    f" AND state IN {_PENDING}"
+    " AND (SELECT run FROM durable_instances WHERE id = %(id)s) = %(run)s"
+    " RETURNING instance_id),"
     # Writes only if `beat` did, and skips an instance row a commit holds: commits lock
     # the instance before its events, so waiting for it here could deadlock.
     " pulled AS (UPDATE durable_instances SET wake_at = %(wake_by)s WHERE id ="
@@ -98,6 +101,30 @@ _REQUEST_CANCEL = (
     " OR i.wake_at > %(wake_by)s) THEN %(wake_by)s ELSE i.wake_at END"
     f" FROM before WHERE i.id = before.id AND i.{_UNFINISHED})"
     f" SELECT {_INSTANCE_COLUMNS} FROM before"
+)
+
+# The instance row is locked first (as a commit does); the step is marked started only if
+# the instance is on that run and the event is a pending step of that name; only then is
+# the version bumped and wake_at pulled. The journal is read in the same statement (from
+# its snapshot: before the mark, which the caller applies from the last three columns).
+_START_STEP = (
+    "WITH inst AS (SELECT id FROM durable_instances WHERE id = %(id)s AND run = %(run)s"
+    f" AND {_UNFINISHED} FOR UPDATE),"
+    " mark AS (UPDATE durable_events e SET state = 'started', started_at = %(at)s,"
+    " heartbeat_at = %(at)s, attempts = e.attempts + 1 FROM inst"
+    " WHERE e.instance_id = inst.id AND e.seq = %(seq)s AND e.kind = 'step'"
+    f" AND e.name = %(name)s AND e.state IN {_PENDING} RETURNING e.attempts),"
+    " bump AS (UPDATE durable_instances i SET version = i.version + 1, wake_at = CASE"
+    f" WHEN i.{ACTIVE} AND (i.wake_at IS NULL OR i.wake_at > %(wake_by)s)"
+    " THEN %(wake_by)s ELSE i.wake_at END FROM inst"
+    " WHERE i.id = inst.id AND EXISTS (SELECT 1 FROM mark) RETURNING i.version, i.wake_at)"
+    f" SELECT {', '.join('i.' + c.strip() for c in _INSTANCE_COLUMNS.split(','))}, "
+    f"{', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))}, "
+    "(SELECT attempts FROM mark), (SELECT version FROM bump), (SELECT wake_at FROM bump),"
+    # A lost start mark (a database crash) only delays recovery: no WAL flush wait.
+    " set_config('synchronous_commit', 'off', true)"
+    " FROM durable_instances i LEFT JOIN durable_events e ON e.instance_id = i.id"
+    " WHERE i.id = %(id)s ORDER BY e.seq"
 )
 
 _GET_MANY = f"SELECT {_INSTANCE_COLUMNS} FROM durable_instances WHERE id = ANY(%(ids)s::text[])"
@@ -140,11 +167,11 @@ def _commit_sql(
         )
         inbox = f", inbox = inbox - {consumed}"
     if restart:
-        inbox += ", input = %(restart_input)s, cancel_requested = false"
+        inbox += ", input = %(restart_input)s, cancel_requested = false, run = run + 1"
     parts = [
         "WITH moved AS (UPDATE durable_instances SET version = version + 1,"
         " status = %(status)s, output = %(output)s, failure = %(failure)s,"
-        " updated_at = %(updated_at)s, wake_at = %(wake_at)s,"
+        " updated_at = %(updated_at)s, wake_at = %(wake_at)s, note = %(note)s,"
         f" custom_status = %(custom_status)s{inbox}"
         f" WHERE id = %(id)s AND version = %(expected)s{check} RETURNING id)"
     ]
@@ -186,7 +213,10 @@ def _commit_sql(
     if resent:
         parts.append(
             "resent AS (UPDATE durable_events AS e SET heartbeat_at = %(updated_at)s,"
-            " started_at = NULL, state = 'scheduled' FROM moved WHERE e.instance_id = moved.id"
+            " started_at = NULL, state = 'scheduled',"
+            # A started step sent again: its worker was lost.
+            " resends = e.resends + CASE WHEN e.state = 'started' THEN 1 ELSE 0 END"
+            " FROM moved WHERE e.instance_id = moved.id"
             f" AND e.seq = ANY(%(resent)s::int[]) AND e.state IN {_PENDING})"
         )
     if new_events:
@@ -195,7 +225,8 @@ def _commit_sql(
             f" %(n{i}_input)s::text, %(n{i}_state)s::text, %(n{i}_output)s::text,"
             f" %(n{i}_failure)s::text, %(n{i}_scheduled_at)s::timestamptz,"
             f" %(n{i}_started_at)s::timestamptz, %(n{i}_completed_at)s::timestamptz,"
-            f" %(n{i}_attempts)s::int, %(n{i}_heartbeat_at)s::timestamptz)"
+            f" %(n{i}_attempts)s::int, %(n{i}_heartbeat_at)s::timestamptz,"
+            f" %(n{i}_resends)s::int)"
             for i in range(new_events)
         )
         # After a restart's DELETE has run to its end (the count is computed before the
@@ -226,8 +257,11 @@ class PostgresStore(SQLAlchemyStore):
         """Apply ``commit`` as one statement if the version still matches (a restart as
         ``SQLAlchemyStore.commit`` describes)."""
         check_restart(commit)
+        if commit.rewind_from is not None:
+            return super().commit(commit)  # a durable.retry of a failed instance: rare
         restart = commit.restart_input is not None
         params: dict[str, Any] = {
+            "note": commit.note,
             "id": commit.instance_id,
             "expected": commit.expected_version,
             "status": Status(commit.status).value,
@@ -276,6 +310,7 @@ class PostgresStore(SQLAlchemyStore):
                     f"n{i}_completed_at": aware(e.completed_at, "completed_at"),
                     f"n{i}_attempts": e.attempts,
                     f"n{i}_heartbeat_at": aware(e.heartbeat_at, "heartbeat_at"),
+                    f"n{i}_resends": e.resends,
                 }
             )
         sql = _commit_sql(
@@ -290,7 +325,47 @@ class PostgresStore(SQLAlchemyStore):
             faults.point(faults.MID_COMMIT)
         return bool(moved == 1)
 
-    def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:
+    def start_step(
+        self, instance_id: str, run: int, seq: int, name: str, at: datetime, wake_by: datetime
+    ) -> StepStart:
+        """Mark a pending step started and read the journal, as one statement (see
+        ``Store.start_step``); its transaction does not wait for the WAL flush."""
+        at = aware(at, "at")
+        params = {
+            "id": instance_id,
+            "run": run,
+            "seq": seq,
+            "name": name,
+            "at": at,
+            "wake_by": aware(wake_by, "wake_by"),
+        }
+        with self._read() as conn:
+            rows = conn.exec_driver_sql(_START_STEP, params).all()
+        if not rows:
+            return StepStart(None, False)
+        tail = len(_EVENT_COLUMNS.split(","))
+        attempts, version, wake_at = rows[0][_EVENTS_AT + tail : _EVENTS_AT + tail + 3]
+        instance = _instance(rows[0])
+        found = [_event(row[_EVENTS_AT:]) for row in rows if row[_EVENTS_AT] is not None]
+        if attempts is None:
+            return StepStart((instance, found), False)
+        if version != instance.version + 1 or seq >= len(found):
+            # The snapshot predates a commit the mark waited for: read again.
+            return StepStart(self.load(instance_id), True)
+        instance.version = version
+        instance.wake_at = _utc(wake_at)
+        found[seq] = dataclasses.replace(
+            found[seq],
+            state=State.STARTED,
+            started_at=at,
+            heartbeat_at=at,
+            attempts=attempts,
+        )
+        return StepStart((instance, found), True)
+
+    def heartbeat(
+        self, instance_id: str, run: int, seq: int, at: datetime, wake_by: datetime
+    ) -> bool:
         """Record a running step's sign of life as one statement (see ``Store.heartbeat``).
 
         Its transaction commits without waiting for the WAL flush: a beat lost in a
@@ -298,6 +373,7 @@ class PostgresStore(SQLAlchemyStore):
         """
         params = {
             "id": instance_id,
+            "run": run,
             "seq": seq,
             "at": aware(at, "at"),
             "wake_by": aware(wake_by, "wake_by"),
@@ -387,6 +463,9 @@ def _instance(row: Sequence[Any]) -> Instance:
         parent_id=row[12],
         inbox=row[13],
         cancel_requested=row[14],
+        run=row[15],
+        note=row[16],
+        parent_close=row[17],
     )
 
 
@@ -404,4 +483,5 @@ def _event(row: Sequence[Any]) -> Event:
         completed_at=_utc(row[9]),
         attempts=row[10],
         heartbeat_at=_utc(row[11]),
+        resends=row[12],
     )

@@ -48,6 +48,9 @@ def instance_values(instance: Instance) -> dict[str, Any]:
         "parent_id": instance.parent_id,
         "inbox": instance.inbox,
         "cancel_requested": bool(instance.cancel_requested),
+        "run": instance.run,
+        "note": instance.note,
+        "parent_close": instance.parent_close,
     }
 
 
@@ -68,6 +71,9 @@ def instance_from_row(row: RowMapping) -> Instance:
         parent_id=row["parent_id"],
         inbox=row["inbox"],
         cancel_requested=bool(row["cancel_requested"]),
+        run=row["run"],
+        note=row["note"],
+        parent_close=row["parent_close"],
     )
 
 
@@ -86,6 +92,7 @@ def event_values(instance_id: str, e: Event) -> dict[str, Any]:
         "completed_at": aware(e.completed_at, "completed_at"),
         "attempts": e.attempts,
         "heartbeat_at": aware(e.heartbeat_at, "heartbeat_at"),
+        "resends": e.resends,
     }
 
 
@@ -98,12 +105,14 @@ def resent_seqs(commit: Commit) -> list[int]:
 
 
 def check_restart(commit: Commit) -> None:
-    """Refuse a ``continue_as_new`` commit that also journals outcomes or resends steps:
-    the events they would write are deleted by the restart."""
-    if commit.restart_input is not None and (commit.outcomes or commit.resent):
+    """Refuse a ``continue_as_new`` commit that also journals outcomes, resends steps or
+    rewinds: the events they would write are deleted by the restart."""
+    if commit.restart_input is not None and (
+        commit.outcomes or commit.resent or commit.rewind_from is not None
+    ):
         raise ValueError(
             f"commit for {commit.instance_id!r} restarts the instance (restart_input):"
-            " it cannot also journal outcomes or resend steps of the run it ends"
+            " it cannot also journal outcomes, resend steps or rewind the run it ends"
         )
 
 
@@ -139,4 +148,5 @@ def event_from_row(row: RowMapping) -> Event:
         completed_at=row[f"{prefix}completed_at"],
         attempts=row[f"{prefix}attempts"],
         heartbeat_at=row[f"{prefix}heartbeat_at"],
+        resends=row[f"{prefix}resends"],
     )

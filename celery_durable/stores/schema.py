@@ -29,8 +29,12 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 1
-"""The version of the tables below, recorded in ``durable_meta`` as ``schema_version``."""
+SCHEMA_VERSION = 2
+"""The version of the tables below, recorded in ``durable_meta`` as ``schema_version``.
+
+2 added ``durable_instances.run``, ``.note``, ``.parent_close`` and
+``durable_events.resends``; a version 1 store gets them on first use (each has a default).
+"""
 
 ACTIVE = "status IN ('pending', 'running')"
 """The instances recovery looks at, as SQL: the due index's predicate.
@@ -96,6 +100,12 @@ instances = Table(
     Column("inbox", Integer, nullable=False, default=0, server_default=text("0")),
     # ``handle.cancel()`` was called; cleared by a ``continue_as_new`` commit.
     Column("cancel_requested", Boolean, nullable=False, default=False, server_default=false()),
+    # The run number: 1, then one more per ``continue_as_new``; part of every step task id.
+    Column("run", Integer, nullable=False, default=1, server_default=text("1")),
+    # Why a live instance is not moving (e.g. no worker knows its workflow), for people.
+    Column("note", Text, nullable=True),
+    # A child's parent-close policy: terminate, cancel or abandon; NULL at top level.
+    Column("parent_close", String(16), nullable=True),
     Index("ix_durable_instances_status", "status"),
     Index("ix_durable_instances_workflow", "workflow"),
     Index("ix_durable_instances_created_at", "created_at"),
@@ -132,6 +142,8 @@ events = Table(
     Column("completed_at", UTCDateTime, nullable=True),
     Column("attempts", Integer, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=True),
+    # Times the step was sent again after it had started and its worker was lost.
+    Column("resends", Integer, nullable=False, default=0, server_default=text("0")),
 )
 
 signals = Table(

@@ -79,14 +79,15 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 
 from celery_durable import faults
-from celery_durable.engine.journal import Event, Instance, Signal, State, Status
+from celery_durable.engine.journal import Event, Instance, Kind, Signal, State, Status
 from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
-from celery_durable.stores.base import Commit
+from celery_durable.stores.base import Commit, StepStart
 from celery_durable.stores.engines import (
     BEGIN_OPTION,
     create_server_engine,
     create_sqlite_engine,
 )
+from celery_durable.stores.migrate import upgrade
 from celery_durable.stores.rows import (
     aware,
     check_restart,
@@ -189,14 +190,18 @@ class SQLAlchemyStore:
         One statement (the instance joined with its events) is one round trip and sees
         one snapshot on every database, so the events are never newer than the version.
         """
+        with self._read() as conn:
+            return self._load(conn, instance_id)
+
+    @staticmethod
+    def _load(conn: Connection, instance_id: str) -> tuple[Instance, list[Event]] | None:
         query = (
             select(instances, *(c.label(f"e_{c.name}") for c in events.c))
             .select_from(instances.outerjoin(events, events.c.instance_id == instances.c.id))
             .where(instances.c.id == instance_id)
             .order_by(events.c.seq)
         )
-        with self._read() as conn:
-            rows = conn.execute(query).mappings().all()
+        rows = conn.execute(query).mappings().all()
         if not rows:
             return None
         found = [event_from_row(row) for row in rows if row["e_seq"] is not None]
@@ -230,9 +235,11 @@ class SQLAlchemyStore:
         }
         if commit.consumed:
             instance_values["inbox"] = instances.c.inbox - len(commit.consumed)
+        instance_values["note"] = commit.note
         if restart:
             instance_values["input"] = commit.restart_input
             instance_values["cancel_requested"] = False
+            instance_values["run"] = instances.c.run + 1
         outcomes = [outcome_values(outcome) for outcome in commit.outcomes]
         resent = resent_seqs(commit)
         new_events = [event_values(commit.instance_id, e) for e in commit.new_events]
@@ -286,8 +293,13 @@ class SQLAlchemyStore:
                             heartbeat_at=instance_values["updated_at"],
                             started_at=None,
                             state=State.SCHEDULED.value,
+                            # A started step sent again: its worker was lost.
+                            resends=events.c.resends
+                            + case((events.c.state == State.STARTED.value, 1), else_=0),
                         )
                     )
+                if commit.rewind_from is not None:
+                    self._rewind(conn, commit.instance_id, commit.rewind_from)
                 if restart:
                     # The old run's journal and the signals it consumed go; the inbox stays.
                     conn.execute(delete(events).where(events.c.instance_id == commit.instance_id))
@@ -304,7 +316,109 @@ class SQLAlchemyStore:
             return False
         return True
 
-    def heartbeat(self, instance_id: str, seq: int, at: datetime, wake_by: datetime) -> bool:
+    @staticmethod
+    def _rewind(conn: Connection, instance_id: str, seq: int) -> None:
+        """Delete the events from ``seq`` on; the signals they consumed go back to the inbox."""
+        returned = conn.execute(
+            update(signals)
+            .where(signals.c.instance_id == instance_id, signals.c.consumed_seq >= seq)
+            .values(consumed_seq=None)
+        ).rowcount
+        if returned:
+            conn.execute(
+                update(instances)
+                .where(instances.c.id == instance_id)
+                .values(inbox=instances.c.inbox + returned)
+            )
+        conn.execute(delete(events).where(events.c.instance_id == instance_id, events.c.seq >= seq))
+
+    def start_step(
+        self, instance_id: str, run: int, seq: int, name: str, at: datetime, wake_by: datetime
+    ) -> StepStart:
+        """Mark a pending step started and read the journal (see ``Store.start_step``)."""
+        at = aware(at, "at")
+        wake_by = aware(wake_by, "wake_by")
+        with self._transaction(write=True) as conn:
+            marked = self._lock_and_mark(
+                conn,
+                instance_id,
+                run,
+                update(events)
+                .where(
+                    events.c.instance_id == instance_id,
+                    events.c.seq == seq,
+                    events.c.kind == Kind.STEP.value,
+                    events.c.name == name,
+                    events.c.state.in_(_PENDING),
+                )
+                .values(
+                    state=State.STARTED.value,
+                    started_at=literal(at, UTCDateTime),
+                    heartbeat_at=literal(at, UTCDateTime),
+                    attempts=events.c.attempts + 1,
+                ),
+                wake_by,
+            )
+            journal = self._load(conn, instance_id)
+        return StepStart(journal, marked)
+
+    def reschedule_step(
+        self, instance_id: str, run: int, seq: int, due: datetime, wake_by: datetime
+    ) -> bool:
+        """Put a step Celery retries back to scheduled until ``due`` (see
+        ``Store.reschedule_step``)."""
+        due = aware(due, "due")
+        wake_by = aware(wake_by, "wake_by")
+        with self._transaction(write=True) as conn:
+            return self._lock_and_mark(
+                conn,
+                instance_id,
+                run,
+                update(events)
+                .where(
+                    events.c.instance_id == instance_id,
+                    events.c.seq == seq,
+                    events.c.state.in_(_PENDING),
+                )
+                .values(
+                    state=State.SCHEDULED.value,
+                    started_at=None,
+                    heartbeat_at=literal(due, UTCDateTime),
+                ),
+                wake_by,
+            )
+
+    @staticmethod
+    def _lock_and_mark(
+        conn: Connection, instance_id: str, run: int, mark: Executable, wake_by: datetime
+    ) -> bool:
+        """Lock the instance row (as a commit does), apply ``mark`` to one event if the
+        instance is on run ``run``, then bump the version and pull ``wake_at``."""
+        row = (
+            conn.execute(
+                select(instances.c.run, instances.c.status, instances.c.wake_at)
+                .where(instances.c.id == instance_id)
+                .with_for_update()
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if row is None or row["run"] != run or Status(row["status"]).is_terminal:
+            return False
+        if conn.execute(mark).rowcount != 1:
+            return False
+        values: dict[str, Any] = {"version": instances.c.version + 1}
+        wake_at = row["wake_at"]
+        if Status(row["status"]) in (Status.PENDING, Status.RUNNING) and (
+            wake_at is None or aware(wake_at, "wake_at") > wake_by
+        ):
+            values["wake_at"] = wake_by
+        conn.execute(update(instances).where(instances.c.id == instance_id).values(**values))
+        return True
+
+    def heartbeat(
+        self, instance_id: str, run: int, seq: int, at: datetime, wake_by: datetime
+    ) -> bool:
         """Record a running step's sign of life (see ``Store.heartbeat``).
 
         One transaction. The event row is written first; the instance row is then locked
@@ -327,6 +441,8 @@ class SQLAlchemyStore:
                     events.c.instance_id == instance_id,
                     events.c.seq == seq,
                     events.c.state.in_(_PENDING),
+                    select(instances.c.run).where(instances.c.id == instance_id).scalar_subquery()
+                    == run,
                 )
                 .values(
                     # Typed, so that the value is stored as UTC like every other timestamp.
@@ -471,10 +587,17 @@ class SQLAlchemyStore:
         return claimed
 
     def list(
-        self, *, status: Status | None = None, workflow: str | None = None, limit: int = 100
+        self,
+        *,
+        status: Status | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        parent_id: str | None = None,
     ) -> list[Instance]:
         """Instances, newest (``created_at``) first, optionally filtered."""
         query = select(instances)
+        if parent_id is not None:
+            query = query.where(instances.c.parent_id == parent_id)
         if status is not None:
             query = query.where(instances.c.status == Status(status).value)
         if workflow is not None:
@@ -618,6 +741,7 @@ class SQLAlchemyStore:
                 f"version {SCHEMA_VERSION} this celery_durable knows: upgrade celery_durable "
                 "(pip install -U celery-durable) in every process that uses this store"
             )
+        upgrade(conn, version)
 
 
 def _reset_locks_after_fork(store: SQLAlchemyStore) -> None:

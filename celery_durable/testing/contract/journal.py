@@ -315,7 +315,9 @@ class JournalContract:
     def test_outcome_of_a_started_step(self, store: Store) -> None:
         store.create(make_instance("wf-started"))
         assert store.commit(Commit("wf-started", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
-        assert store.heartbeat("wf-started", 0, T0 + timedelta(seconds=5), T0 + timedelta(days=1))
+        assert store.heartbeat(
+            "wf-started", 1, 0, T0 + timedelta(seconds=5), T0 + timedelta(days=1)
+        )
 
         assert store.commit(
             Commit("wf-started", 1, Status.RUNNING, T0, outcomes=[completed(make_event(0))])

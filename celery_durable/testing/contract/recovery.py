@@ -38,9 +38,9 @@ class RecoveryContract:
         later = T0 + timedelta(days=1)
 
         assert store.heartbeat(
-            "wf-att", 0, (T0 + timedelta(seconds=1)).astimezone(ELSEWHERE), later
+            "wf-att", 1, 0, (T0 + timedelta(seconds=1)).astimezone(ELSEWHERE), later
         )
-        assert store.heartbeat("wf-att", 0, T0 + timedelta(seconds=2), later)
+        assert store.heartbeat("wf-att", 1, 0, T0 + timedelta(seconds=2), later)
         loaded = store.load("wf-att")
         assert loaded is not None
         instance, (step,) = loaded
@@ -58,7 +58,7 @@ class RecoveryContract:
         assert resent is not None
         assert resent[1][0].state is State.SCHEDULED
         assert resent[1][0].started_at is None
-        assert store.heartbeat("wf-att", 0, T0 + timedelta(minutes=2), later)
+        assert store.heartbeat("wf-att", 1, 0, T0 + timedelta(minutes=2), later)
         again = store.load("wf-att")
         assert again is not None
         assert again[1][0].attempts == 2
@@ -105,6 +105,7 @@ class RecoveryContract:
 
         alive = store.heartbeat(
             "wf-hb",
+            1,
             0,
             (T0 + timedelta(seconds=1)).astimezone(ELSEWHERE),
             T0 + timedelta(minutes=1),
@@ -138,7 +139,7 @@ class RecoveryContract:
 
         for at, wake_by, expected in beats:
             assert store.heartbeat(
-                "wf-hb-wake", 0, T0 + timedelta(seconds=at), T0 + timedelta(seconds=wake_by)
+                "wf-hb-wake", 1, 0, T0 + timedelta(seconds=at), T0 + timedelta(seconds=wake_by)
             )
             loaded = store.load("wf-hb-wake")
             assert loaded is not None
@@ -151,11 +152,11 @@ class RecoveryContract:
     def test_heartbeat_keeps_started_at_of_a_started_step(self, store: Store) -> None:
         self._running_step(store, "wf-hb-started")
         assert store.heartbeat(
-            "wf-hb-started", 0, T0 + timedelta(seconds=2), T0 + timedelta(minutes=1)
+            "wf-hb-started", 1, 0, T0 + timedelta(seconds=2), T0 + timedelta(minutes=1)
         )
 
         assert store.heartbeat(
-            "wf-hb-started", 0, T0 + timedelta(seconds=7), T0 + timedelta(minutes=1)
+            "wf-hb-started", 1, 0, T0 + timedelta(seconds=7), T0 + timedelta(minutes=1)
         )
 
         loaded = store.load("wf-hb-started")
@@ -170,7 +171,7 @@ class RecoveryContract:
     def test_heartbeat_pulls_wake_at_of_live_instances(self, store: Store, status: Status) -> None:
         self._running_step(store, "wf-hb-live", status=status, wake_at=T0 + timedelta(hours=1))
 
-        assert store.heartbeat("wf-hb-live", 0, T0, T0 + timedelta(seconds=30))
+        assert store.heartbeat("wf-hb-live", 1, 0, T0, T0 + timedelta(seconds=30))
 
         assert store.get("wf-hb-live") == make_instance(
             "wf-hb-live", status=status, version=1, wake_at=T0 + timedelta(seconds=30)
@@ -192,7 +193,7 @@ class RecoveryContract:
         self._running_step(store, "wf-hb-done", status=status, wake_at=wake_at)
         before = store.get("wf-hb-done")
 
-        assert store.heartbeat("wf-hb-done", 0, T0, T0 + timedelta(seconds=30)) is True
+        assert store.heartbeat("wf-hb-done", 1, 0, T0, T0 + timedelta(seconds=30)) is True
 
         assert store.get("wf-hb-done") == before
         loaded = store.load("wf-hb-done")
@@ -215,7 +216,7 @@ class RecoveryContract:
         )
         before = store.load("wf-hb-final")
 
-        alive = store.heartbeat("wf-hb-final", 0, T0, T0 + timedelta(seconds=30))
+        alive = store.heartbeat("wf-hb-final", 1, 0, T0, T0 + timedelta(seconds=30))
 
         assert alive is False
         assert store.load("wf-hb-final") == before, "nothing is written"
@@ -224,8 +225,8 @@ class RecoveryContract:
         self._running_step(store, "wf-hb-none", wake_at=T0 + timedelta(hours=1))
         before = store.load("wf-hb-none")
 
-        assert store.heartbeat("wf-hb-none", 1, T0, T0 + timedelta(seconds=30)) is False
-        assert store.heartbeat("nope", 0, T0, T0 + timedelta(seconds=30)) is False
+        assert store.heartbeat("wf-hb-none", 1, 1, T0, T0 + timedelta(seconds=30)) is False
+        assert store.heartbeat("nope", 1, 0, T0, T0 + timedelta(seconds=30)) is False
 
         assert store.load("wf-hb-none") == before
         assert store.load("nope") is None
@@ -244,9 +245,9 @@ class RecoveryContract:
                 new_events=[make_event(0), make_event(1), make_event(2)],
             )
         )
-        assert store.heartbeat(instance_id, 0, T0 + timedelta(seconds=1), T0 + timedelta(days=1))
-        assert store.heartbeat(instance_id, 0, T0 + timedelta(seconds=2), T0 + timedelta(days=1))
-        assert store.heartbeat(instance_id, 1, T0 + timedelta(seconds=1), T0 + timedelta(days=1))
+        assert store.heartbeat(instance_id, 1, 0, T0 + timedelta(seconds=1), T0 + timedelta(days=1))
+        assert store.heartbeat(instance_id, 1, 0, T0 + timedelta(seconds=2), T0 + timedelta(days=1))
+        assert store.heartbeat(instance_id, 1, 1, T0 + timedelta(seconds=1), T0 + timedelta(days=1))
         assert store.commit(
             Commit(
                 instance_id,
