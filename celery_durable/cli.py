@@ -10,6 +10,7 @@ status 1.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -142,17 +143,32 @@ def retry(runtime: Durable, workflow_id: str) -> None:
 @click.argument("workflow_id")
 @click.argument("name")
 @click.argument("payload", required=False)
+@click.option("--json", "as_json", is_flag=True, help="PAYLOAD must be valid JSON.")
 @pass_durable
-def signal(runtime: Durable, workflow_id: str, name: str, payload: str | None) -> None:
-    """Send signal NAME to a workflow; PAYLOAD is JSON (a bare word is a string)."""
-    value: Any = None
-    if payload is not None:
-        try:
-            value = json.loads(payload)
-        except ValueError:
-            value = payload
+def signal(
+    runtime: Durable, workflow_id: str, name: str, payload: str | None, as_json: bool
+) -> None:
+    """Send signal NAME to a workflow; PAYLOAD is JSON (a bare word is a string).
+
+    Text that looks like JSON (starts with {, [ or ") and does not parse is refused, as is
+    any text that does not parse with --json.
+    """
+    value = None if payload is None else _signal_payload(payload, as_json)
     runtime.signal(workflow_id, name, value)
     click.echo(f"workflow {workflow_id}: signal {name!r} sent")
+
+
+def _signal_payload(payload: str, as_json: bool) -> Any:
+    try:
+        return json.loads(payload)
+    except ValueError as exc:
+        if not as_json and payload.lstrip()[:1] not in ("{", "[", '"'):
+            return payload  # a bare word is a string
+        raise click.BadParameter(
+            f"{payload!r} is not valid JSON ({exc}); nothing was sent. To send this text "
+            f"as a plain string, pass it as a JSON string: {shlex.quote(json.dumps(payload))}",
+            param_hint="PAYLOAD",
+        ) from exc
 
 
 @durable.command()
@@ -167,8 +183,20 @@ def cancel(runtime: Durable, workflow_id: str, terminate: bool) -> None:
         click.echo(f"workflow {workflow_id} is already {status}: nothing to do")
     elif terminate:
         click.echo(f"workflow {workflow_id}: terminated")
+    elif _is_stuck(runtime, workflow_id):
+        # Nothing runs a stuck instance: the request waits in the journal for its retry.
+        app = click.get_current_context().find_root().params.get("app") or "app"
+        click.echo(
+            f"workflow {workflow_id} is stuck: the cancellation applies when it is retried "
+            f"(celery -A {app} durable retry {workflow_id}); its compensations run then"
+        )
     else:
         click.echo(f"workflow {workflow_id}: cancellation requested; a worker compensates")
+
+
+def _is_stuck(runtime: Durable, workflow_id: str) -> bool:
+    instance = runtime.store.get(workflow_id)
+    return instance is not None and instance.status is Status.STUCK
 
 
 # -- formatting ----------------------------------------------------------------------

@@ -305,10 +305,14 @@ def test_signal_cancel_and_terminate_commands(celery: Celery, store: Store) -> N
     assert store.signals("stuck")[-1].payload == '"plain-word"'
 
     out = celery("-A", "cliapp", "durable", "cancel", "stuck")
-    assert "cancellation requested" in out.stdout
+    assert out.stdout == (
+        "workflow stuck is stuck: the cancellation applies when it is retried "
+        "(celery -A cliapp durable retry stuck); its compensations run then\n"
+    )
     stuck = store.get("stuck")
     assert stuck is not None
     assert stuck.cancel_requested
+    assert stuck.status is Status.STUCK
 
     out = celery("-A", "cliapp", "durable", "cancel", "other", "--terminate")
     assert "terminated" in out.stdout
@@ -320,3 +324,52 @@ def test_signal_cancel_and_terminate_commands(celery: Celery, store: Store) -> N
     assert "already completed: nothing to do" in out.stdout
     err = celery("-A", "cliapp", "durable", "signal", "done", "x", code=1)
     assert "is completed: signal 'x' was not delivered" in err.stderr
+
+
+def test_cancel_of_a_live_instance_says_a_worker_compensates(celery: Celery, store: Store) -> None:
+    out = celery("-A", "cliapp", "durable", "cancel", "other")
+    assert out.stdout == "workflow other: cancellation requested; a worker compensates\n"
+    other = store.get("other")
+    assert other is not None
+    assert other.cancel_requested
+
+
+@pytest.mark.parametrize(
+    ("text", "sent"),
+    [
+        ('{"by": "cli"}', '{"by": "cli"}'),
+        ("  [1, 2]", "[1, 2]"),
+        ('"quoted {text"', '"quoted {text"'),
+        ("42", "42"),
+        ("true", "true"),
+        ("plain-word", '"plain-word"'),
+        ("two words", '"two words"'),
+    ],
+)
+def test_signal_payload_is_json_and_a_bare_word_a_string(
+    celery: Celery, store: Store, text: str, sent: str
+) -> None:
+    celery("-A", "cliapp", "durable", "signal", "stuck", "go", text)
+    assert store.signals("stuck")[-1].payload == sent
+
+
+@pytest.mark.parametrize("text", ['{"by": "cli"', "[1, 2", '"open', "  {oops}"])
+def test_signal_refuses_text_that_looks_like_json_and_does_not_parse(
+    celery: Celery, store: Store, text: str
+) -> None:
+    err = celery("-A", "cliapp", "durable", "signal", "stuck", "go", text, code=2).stderr
+    assert f"Invalid value for PAYLOAD: {text!r} is not valid JSON (" in err
+    assert "nothing was sent" in err
+    assert "To send this text as a plain string, pass it as a JSON string: " in err
+    assert store.signals("stuck") == []
+
+
+def test_signal_json_flag_requires_valid_json(celery: Celery, store: Store) -> None:
+    err = celery(
+        "-A", "cliapp", "durable", "signal", "stuck", "go", "plain-word", "--json", code=2
+    ).stderr
+    assert "'plain-word' is not valid JSON (Expecting value: line 1 column 1 (char 0))" in err
+    assert """pass it as a JSON string: '"plain-word"'""" in err
+    assert store.signals("stuck") == []
+    celery("-A", "cliapp", "durable", "signal", "stuck", "go", "--json", '{"n": 1}')
+    assert store.signals("stuck")[-1].payload == '{"n": 1}'
