@@ -20,7 +20,7 @@ exactly where it left off after any crash::
     pay.delay("alice", 10).result(timeout=30)
 """
 
-from celery_durable.client import HistoryEvent, WorkflowHandle, WorkflowStatus
+from celery_durable.client import HistoryEvent, WorkflowHandle, WorkflowInfo, WorkflowStatus
 from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Failure, Status
 from celery_durable.errors import (
@@ -35,6 +35,7 @@ from celery_durable.errors import (
     UnknownWorkflow,
     WorkflowCancelled,
     WorkflowFailed,
+    WorkflowIdConflict,
     WorkflowNotFound,
     WorkflowStuck,
 )
@@ -60,6 +61,8 @@ __all__ = [
     "WorkflowContext",
     "WorkflowFailed",
     "WorkflowHandle",
+    "WorkflowIdConflict",
+    "WorkflowInfo",
     "WorkflowNotFound",
     "WorkflowStatus",
     "WorkflowStuck",

@@ -20,6 +20,7 @@ from celery_durable.errors import (
     DurableError,
     SerializationError,
     WorkflowFailed,
+    WorkflowIdConflict,
     WorkflowNotFound,
     WorkflowStuck,
 )
@@ -89,6 +90,72 @@ class HistoryEvent:
     completed_at: datetime | None
     attempts: int
     heartbeat_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """One workflow instance, decoded for people: what ``durable.list()`` returns.
+
+    Attributes:
+        id: the workflow id.
+        workflow: the registered workflow name.
+        status: where the instance is in its life (:class:`Status`).
+        args / kwargs: the arguments the current run was started with.
+        result: the decoded result of a completed instance, else ``None``.
+        error: the failure of a failed, stuck or cancelled instance.
+        custom: the last value the workflow gave ``ctx.set_status`` (decoded), or None.
+        created_at / updated_at: creation and last commit (UTC).
+        wake_at: when the instance is due to be looked at next (a timer, a deadline).
+        parent_id: the parent instance of a child workflow.
+        run: the run number (``ctx.continue_as_new`` starts the next).
+        note: why a live instance is not moving (e.g. "waiting for a worker that knows
+            workflow X"), or ``None``.
+    """
+
+    id: str
+    workflow: str
+    status: Status
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    result: Any
+    error: Failure | None
+    custom: Any
+    created_at: datetime
+    updated_at: datetime
+    wake_at: datetime | None
+    parent_id: str | None
+    run: int
+    note: str | None
+
+    @classmethod
+    def from_instance(cls, instance: Instance, codec: Codec) -> WorkflowInfo:
+        """Decode an instance record with its codec (``runtime.codec(instance.serializer)``).
+
+        Raises:
+            SerializationError: a payload cannot be decoded.
+        """
+        args, kwargs = codec.loads(instance.input)
+        completed = instance.status is Status.COMPLETED
+        return cls(
+            id=instance.id,
+            workflow=instance.workflow,
+            status=instance.status,
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            result=_decode(codec, instance.output) if completed else None,
+            error=instance.failure,
+            custom=_decode(codec, instance.custom_status),
+            created_at=instance.created_at,
+            updated_at=instance.updated_at,
+            wake_at=instance.wake_at,
+            parent_id=instance.parent_id,
+            run=instance.run,
+            note=instance.note,
+        )
+
+
+def _decode(codec: Codec, data: str | None) -> Any:
+    return codec.loads(data) if data is not None else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -292,7 +359,9 @@ def start(
 
     Raises:
         SerializationError: an argument cannot be encoded; nothing is stored.
-        DurableError: ``workflow_id`` already belongs to another workflow.
+        WorkflowIdConflict: ``workflow_id`` already belongs to an instance of another
+            workflow, to a child workflow, or to one started with other arguments;
+            nothing is stored.
     """
     codec = runtime.codec()
     encoded = encode_input(codec, workflow, args, kwargs)
@@ -312,11 +381,8 @@ def start(
         wake_at=now + delay if by_tick else now + delay + runtime.redrive_after,
     )
     stored, created = runtime.store.create(instance)
-    if stored.workflow != workflow:
-        raise DurableError(
-            f"workflow id {stored.id!r} already belongs to workflow {stored.workflow!r}, "
-            f"not {workflow!r}; choose another workflow_id"
-        )
+    if not created:
+        _check_same_start(runtime, stored, workflow, encoded)
     if created and not by_tick:
         runtime.send_resume(stored.id, countdown=delay.total_seconds() or None)
     elif (
@@ -328,6 +394,32 @@ def start(
         # A second start of a run whose first message may be lost (not a deferred one).
         runtime.send_resume(stored.id)
     return WorkflowHandle(runtime, stored.id)
+
+
+def _check_same_start(runtime: Runtime, stored: Instance, workflow: str, encoded: str) -> None:
+    """An existing id is an idempotent start only for the same workflow and arguments."""
+    taken = f"workflow id {stored.id!r} already belongs to"
+    fix = "choose another workflow_id (nothing was started)"
+    if stored.workflow != workflow:
+        raise WorkflowIdConflict(
+            f"{taken} an instance of workflow {stored.workflow!r}, not {workflow!r}; {fix}"
+        )
+    if stored.parent_id is not None:
+        raise WorkflowIdConflict(
+            f"{taken} a child of workflow instance {stored.parent_id!r}; {fix}"
+        )
+    if stored.run != 1 or stored.input == encoded:
+        return  # a run that continued as new has other arguments by design
+    try:
+        codec = runtime.codec(stored.serializer)
+        same = codec.loads(stored.input) == runtime.codec().loads(encoded)
+    except SerializationError:
+        same = False
+    if not same:
+        raise WorkflowIdConflict(
+            f"{taken} an instance of {workflow!r} started with other arguments; start it "
+            f"with the same arguments to get its handle, or {fix}"
+        )
 
 
 def send_signal(runtime: Runtime, workflow_id: str, name: str, payload: Any = None) -> None:
@@ -390,7 +482,9 @@ def cancel(runtime: Runtime, workflow_id: str) -> bool:
 
 def terminate(runtime: Runtime, workflow_id: str, reason: str = "terminated") -> bool:
     """End a workflow now, as ``cancelled``, without running any more of its code (no
-    compensation). Outcomes of steps still running are journaled when they end.
+    compensation). Outcomes of steps still running are journaled when they end. Its
+    unfinished children get their parent-close policy (``ctx.child(...,
+    on_parent_close=...)``: terminated by default).
 
     Returns:
         ``True`` if it was terminated; ``False`` if it had already finished.
@@ -416,7 +510,97 @@ def terminate(runtime: Runtime, workflow_id: str, reason: str = "terminated") ->
         ):
             if instance.parent_id:
                 runtime.send_resume(instance.parent_id)
+            close_children(runtime, workflow_id, "was terminated")
             return True
+
+
+#: The most children one parent's close looks at (a parent with more is unusual; the
+#: children's own passes apply the policy to the rest, see the orchestrator).
+CHILDREN_LIMIT = 10_000
+
+
+def close_children(runtime: Runtime, parent_id: str, ended: str) -> None:
+    """Apply each unfinished child's parent-close policy: its parent ``parent_id`` has
+    ended (``ended`` says how, for the reason recorded). ``"terminate"`` ends the child at
+    once, ``"cancel"`` asks it to cancel (its compensations run), ``"abandon"`` leaves it.
+    """
+    for child in runtime.store.list(parent_id=parent_id, limit=CHILDREN_LIMIT):
+        if child.status.is_terminal:
+            continue
+        policy = child.parent_close or "terminate"
+        if policy == "terminate":
+            terminate(runtime, child.id, f"its parent {parent_id} {ended}")
+        elif policy == "cancel":
+            cancel(runtime, child.id)
+
+
+def retry(runtime: Runtime, workflow_id: str) -> WorkflowHandle[Any]:
+    """Resume a ``stuck`` instance, or rewind a ``failed`` one, with the code deployed now.
+
+    A stuck instance (a bug, changed code, a blocked pass) is replayed from its journal:
+    journaled steps are not run again. A failed instance is rewound to its failure point
+    (Azure Durable Functions' "rewind"): the journal record whose failure failed the
+    workflow and everything after it are removed (signals they took go back to the inbox;
+    a failed child is rewound too), so that step is sent again while everything before it
+    replays from the journal. A cancellation requested while the instance was stuck
+    applies when it resumes.
+
+    Returns:
+        A handle on the instance.
+
+    Raises:
+        WorkflowNotFound: no such instance.
+        DurableError: the instance is neither stuck nor failed.
+    """
+    while True:
+        loaded = runtime.store.load(workflow_id)
+        if loaded is None:
+            raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
+        instance, events = loaded
+        if instance.status not in (Status.STUCK, Status.FAILED):
+            raise DurableError(
+                f"workflow {workflow_id} is {instance.status.value}: only stuck instances "
+                "(resumed) and failed ones (rewound to their failure point) are retried"
+            )
+        point = None
+        if instance.status is Status.FAILED:
+            point = _failure_point(instance, events)
+            if point is not None and point.kind is Kind.CHILD and point.input:
+                child_id = runtime.codec(instance.serializer).loads(point.input)[0][0]
+                child = runtime.store.get(child_id)
+                if child is not None and child.status is Status.FAILED:
+                    retry(runtime, child_id)
+        if runtime.store.commit(
+            Commit(
+                instance_id=workflow_id,
+                expected_version=instance.version,
+                status=Status.RUNNING,
+                updated_at=runtime.now(),
+                custom_status=instance.custom_status,
+                wake_at=runtime.now() + runtime.redrive_after,
+                rewind_from=None if point is None else point.seq,
+            )
+        ):
+            break
+    runtime.send_resume(workflow_id)
+    return WorkflowHandle(runtime, workflow_id)
+
+
+def _failure_point(instance: Instance, events: Sequence[Event]) -> Event | None:
+    """The last failed journal record whose failure is the instance's own (the step, wait
+    or child whose failure escaped the workflow), or ``None`` (the workflow raised a
+    failure of its own: it is replayed from the end)."""
+    failure = instance.failure
+    if failure is None:
+        return None
+    for event in reversed(events):
+        if (
+            event.state is State.FAILED
+            and event.failure is not None
+            and (event.failure.type, event.failure.message) == (failure.type, failure.message)
+        ):
+            return event
+    return None
 
 
 def utcnow() -> datetime:

@@ -9,6 +9,7 @@ The tree::
     ├── WorkflowStuck           handle.result() of a workflow parked as ``stuck``
     ├── NonDeterminismError     replay met a different command than the journal holds
     ├── WorkflowNotFound        no instance with that id in the store
+    ├── WorkflowIdConflict      the id is taken by another workflow or other arguments
     ├── UnknownWorkflow         no workflow registered under that name
     ├── SerializationError      a value the configured serializer cannot encode (also TypeError)
     ├── ConfigurationError      a setting or store URL that cannot be used
@@ -85,6 +86,17 @@ class NonDeterminismError(DurableError):
 
 class WorkflowNotFound(DurableError):
     """No workflow instance with the given id exists in the store."""
+
+
+class WorkflowIdConflict(DurableError):
+    """A workflow id that already belongs to an instance of another workflow, or to one
+    started with other arguments.
+
+    Raised by ``workflow.apply_async(..., workflow_id=...)``; nothing is stored. (Starting
+    the same workflow with the same arguments under an existing id is idempotent: it
+    returns the existing instance.) Inside a workflow, ``ctx.child(...)`` with an id that
+    belongs to another instance fails with ``StepFailed`` of type ``"WorkflowIdConflict"``.
+    """
 
 
 class UnknownWorkflow(DurableError):

@@ -10,6 +10,7 @@ import functools
 import inspect
 import logging
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
@@ -19,7 +20,9 @@ from celery import Celery, Task
 
 from celery_durable.client import (
     WorkflowHandle,
+    WorkflowInfo,
     cancel,
+    retry,
     send_signal,
     start,
     terminate,
@@ -27,22 +30,20 @@ from celery_durable.client import (
 )
 from celery_durable.engine.commands import ScheduleStep
 from celery_durable.engine.context import WorkflowContext
-from celery_durable.engine.journal import Instance, Status
+from celery_durable.engine.journal import Status
 from celery_durable.errors import (
     ConfigurationError,
-    DurableError,
     SerializationError,
     StoreError,
-    UnknownWorkflow,
     WorkflowNotFound,
 )
 from celery_durable.runtime.codec import KombuCodec, content_type
 from celery_durable.runtime.heartbeat import Heartbeats
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome, advance
-from celery_durable.runtime.recovery import recover
+from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
 from celery_durable.runtime.settings import Settings
 from celery_durable.runtime.steps import DurableStep, step_task_id
-from celery_durable.stores.base import Commit, Store, open_store
+from celery_durable.stores.base import Store, open_store
 
 logger = logging.getLogger("celery_durable")
 
@@ -54,6 +55,10 @@ WorkflowFunction = Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any,
 
 RESUME_TASK = "celery_durable.resume"
 TICK_TASK = "celery_durable.tick"
+RESUME_HARD_LIMIT_GRACE = 15.0
+"""Seconds between a pass's soft time limit (it parks) and its hard one (it is killed)."""
+STEP_REQUEST = "celery_durable.runtime.losses:DurableStepRequest"
+RESUME_REQUEST = "celery_durable.runtime.losses:ResumeRequest"
 
 
 class Workflow(Generic[P, R]):
@@ -64,10 +69,19 @@ class Workflow(Generic[P, R]):
         fn: the ``async def`` function.
     """
 
-    def __init__(self, durable: Durable, fn: WorkflowFunction[P, R], name: str) -> None:
+    def __init__(
+        self,
+        durable: Durable,
+        fn: WorkflowFunction[P, R],
+        name: str,
+        failure_exceptions: tuple[type[BaseException], ...] = (),
+    ) -> None:
         self.durable = durable
         self.fn = fn
         self.name = name
+        self.failure_exceptions = failure_exceptions
+        """Exception types that fail the workflow (others park it as ``stuck``)."""
+        self._signature = inspect.signature(fn)
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -104,8 +118,22 @@ class Workflow(Generic[P, R]):
             A handle on the (new or existing) instance.
 
         Raises:
+            TypeError: the arguments do not fit the workflow's signature; nothing is
+                stored.
             SerializationError: an argument cannot be encoded; nothing is stored.
+            WorkflowIdConflict: ``workflow_id`` belongs to an instance of another
+                workflow, or one started with other arguments; nothing is stored.
         """
+        try:
+            self._signature.bind(None, *args, **(kwargs or {}))
+        except TypeError as exc:
+            takes = self._signature.replace(
+                parameters=list(self._signature.parameters.values())[1:]
+            )
+            raise TypeError(
+                f"workflow {self.name!r} cannot start with these arguments: {exc}. It takes "
+                f"{takes} after ctx; nothing was started"
+            ) from None
         handle: WorkflowHandle[R] = start(
             self.durable,
             self.name,
@@ -223,6 +251,12 @@ class Durable:
         presumed lost and sent again."""
         return timedelta(seconds=self.settings.step_timeout)
 
+    @property
+    def silence_limit(self) -> timedelta:
+        """How long a started step may go without a sign of life before its worker is
+        presumed dead: ``durable_heartbeat_interval`` x the misses allowed."""
+        return timedelta(seconds=self.settings.heartbeat_interval * HEARTBEAT_MISSES)
+
     def redrive_at(self) -> datetime:
         """When an instance whose message was just sent must be looked at if it is lost."""
         return self.now() + self.redrive_after
@@ -261,6 +295,7 @@ class Durable:
                 )
             # Not shared: the task belongs to this app's Durable, not to every app.
             options.setdefault("shared", False)
+            options.setdefault("Request", STEP_REQUEST)
             return self.app.task(base=DurableStep, durable=self, **options)(func)
 
         return decorate(fn) if fn is not None else decorate
@@ -269,14 +304,35 @@ class Durable:
     def workflow(self, fn: WorkflowFunction[P, R], /) -> Workflow[P, R]: ...
     @overload
     def workflow(
-        self, /, *, name: str | None = None
+        self,
+        /,
+        *,
+        name: str | None = None,
+        failure_exceptions: tuple[type[BaseException], ...] = (),
     ) -> Callable[[WorkflowFunction[P, R]], Workflow[P, R]]: ...
-    def workflow(self, fn: Any = None, /, *, name: str | None = None) -> Any:
+    def workflow(
+        self,
+        fn: Any = None,
+        /,
+        *,
+        name: str | None = None,
+        failure_exceptions: tuple[type[BaseException], ...] = (),
+    ) -> Any:
         """Declare a workflow: an ``async def`` function taking ``ctx`` first.
+
+        An exception that escapes the workflow *fails* it (status ``failed``, for good)
+        when it is a journaled outcome (``StepFailed``, ``SignalTimeout``, a failed
+        child) or an instance of a type in ``failure_exceptions``. Any other exception is
+        taken for a bug: the instance is parked as ``stuck`` with the traceback (logged
+        at ERROR with the workflow id), nothing of that pass is journaled, and
+        ``durable.retry(id)`` (or ``celery -A app durable retry ID``) resumes it with the
+        code deployed by then, without running journaled steps again.
 
         Args:
             name: the stable name the journal records; defaults to
                 ``module.function`` (as Celery names tasks). Keep it when moving code.
+            failure_exceptions: exception types (subclasses included) that are the
+                workflow's business failures, e.g. ``(InsufficientFunds,)``.
 
         Raises:
             TypeError: the function is not ``async def``.
@@ -296,7 +352,14 @@ class Durable:
                     f"workflow name {wf_name!r} is taken by {existing.fn.__qualname__}; "
                     "give one of them another name=..."
                 )
-            workflow = Workflow(self, func, wf_name)
+            if not isinstance(failure_exceptions, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in failure_exceptions
+            ):
+                raise TypeError(
+                    "@durable.workflow(failure_exceptions=...) takes a tuple of exception "
+                    f"classes, not {failure_exceptions!r}"
+                )
+            workflow = Workflow(self, func, wf_name, failure_exceptions)
             self.workflows[wf_name] = workflow
             return workflow
 
@@ -309,11 +372,19 @@ class Durable:
 
     def list(
         self, *, status: Status | str | None = None, workflow: str | None = None, limit: int = 100
-    ) -> list[Instance]:
-        """Instance records, newest first, filtered by status and/or workflow name."""
-        return self.store.list(
+    ) -> list[WorkflowInfo]:
+        """Workflow instances, newest first, filtered by status and/or workflow name,
+        with their arguments, result and custom status decoded (as ``history()`` does).
+
+        Raises:
+            SerializationError: an instance's payloads were encoded with a serializer not
+                in ``durable_accept_content`` (they are never decoded), or cannot be
+                decoded.
+        """
+        instances = self.store.list(
             status=Status(status) if status is not None else None, workflow=workflow, limit=limit
         )
+        return [WorkflowInfo.from_instance(i, self.codec(i.serializer)) for i in instances]
 
     def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
         """Send the signal ``name`` to a workflow (``ctx.wait_signal(name)`` receives
@@ -337,34 +408,14 @@ class Durable:
         return terminate(self, workflow_id, reason)
 
     def retry(self, workflow_id: str) -> WorkflowHandle[Any]:
-        """Resume a ``stuck`` instance (after fixing its code): replay it again.
+        """Resume a ``stuck`` instance, or rewind a ``failed`` one; see
+        :func:`celery_durable.client.retry`.
 
         Raises:
             WorkflowNotFound: no such instance.
-            DurableError: the instance is not stuck.
+            DurableError: the instance is neither stuck nor failed.
         """
-        while True:
-            instance = self.store.get(workflow_id)
-            if instance is None:
-                raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
-            if instance.status is not Status.STUCK:
-                raise DurableError(
-                    f"workflow {workflow_id} is {instance.status.value}, not stuck; "
-                    "only stuck instances are retried"
-                )
-            if self.store.commit(
-                Commit(
-                    instance_id=workflow_id,
-                    expected_version=instance.version,
-                    status=Status.RUNNING,
-                    updated_at=self.now(),
-                    custom_status=instance.custom_status,
-                    wake_at=self.redrive_at(),
-                )
-            ):
-                break
-        self.send_resume(workflow_id)
-        return self.handle(workflow_id)
+        return retry(self, workflow_id)
 
     # -- the runtime's moving parts --------------------------------------------------
     def advance(
@@ -392,9 +443,10 @@ class Durable:
             "for a local function use ctx.run()"
         )
 
-    def send_step(self, instance_id: str, step: ScheduleStep) -> None:
-        """Publish a committed step; its task id is ``"<instance_id>:<seq>"``."""
-        task_id = step_task_id(instance_id, step.seq)
+    def send_step(self, instance_id: str, step: ScheduleStep, run: int = 1) -> None:
+        """Publish a committed step of run ``run``; its task id is ``"<instance_id>:<seq>"``
+        (``"<instance_id>:<seq>~<run>"`` from the second run on)."""
+        task_id = step_task_id(instance_id, step.seq, run)
         task = self.app.tasks.get(step.name)
         if task is not None:
             task.apply_async(step.args, step.kwargs, task_id=task_id)
@@ -402,8 +454,18 @@ class Durable:
             self.app.send_task(step.name, step.args, step.kwargs, task_id=task_id)
 
     def send_resume(self, instance_id: str, countdown: float | None = None) -> None:
-        """Publish a message that runs the instance's orchestrator on some worker."""
-        options: dict[str, Any] = {}
+        """Publish a message that runs the instance's orchestrator on some worker.
+
+        Its task id starts with the workflow id (``"<id>:resume:<random>"``), so the
+        worker's log lines about it name the workflow; it carries the pass's time limits
+        (``durable_resume_time_limit``).
+        """
+        limit = self.settings.resume_time_limit
+        options: dict[str, Any] = {
+            "task_id": f"{instance_id}:resume:{uuid.uuid4().hex[:12]}",
+            "soft_time_limit": limit,
+            "time_limit": limit + RESUME_HARD_LIMIT_GRACE,
+        }
         if self.settings.queue:
             options["queue"] = self.settings.queue
         if countdown:
@@ -443,11 +505,9 @@ class Durable:
         def resume(task: Task, instance_id: str) -> None:
             retries = int(task.request.retries or 0)
             try:
+                # A workflow this worker does not know is noted on the instance and left
+                # to the tick (one resume at a time), not retried here: see advance().
                 durable.advance(instance_id)
-            except UnknownWorkflow as exc:
-                # Code for this workflow is not deployed here (yet): wait for it.
-                logger.warning("%s; retrying", exc)
-                raise task.retry(exc=exc, countdown=min(2**retries, 300)) from exc
             except StoreError as exc:
                 logger.warning("workflow %s: store unavailable (%s); retrying", instance_id, exc)
                 raise task.retry(exc=exc, countdown=min(2**retries, 60)) from exc
@@ -460,8 +520,10 @@ class Durable:
             acks_late=True,
             reject_on_worker_lost=True,
             ignore_result=True,
-            max_retries=None,  # a workflow whose code is not deployed yet waits for it
+            max_retries=None,  # a store that is down for long is waited for
             shared=False,
+            durable=self,
+            Request=RESUME_REQUEST,
         )
         return register(resume)
 

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery_durable import faults
+from celery_durable.client import close_children, terminate
 from celery_durable.engine.commands import Decision, ScheduleStep, StartChild
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
 from celery_durable.engine.replay import replay
 from celery_durable.errors import (
     SerializationError,
     StoreError,
-    UnknownWorkflow,
     WorkflowNotFound,
 )
 from celery_durable.runtime.children import start_children, waiting_children
-from celery_durable.runtime.recovery import Wake, plan
+from celery_durable.runtime.recovery import Wake, lost_for_good, plan
 from celery_durable.stores.base import Commit
 
 if TYPE_CHECKING:
@@ -48,6 +48,72 @@ class StepOutcome:
     failure: Failure | None = None
     attempts: int = 1
     started_at: datetime | None = None
+    run: int | None = None
+    """The run the step belongs to; ``None`` (the runtime's own outcomes) means this run."""
+    name: str | None = None
+    """The step's task name; the journal record at ``seq`` must be a step of that name."""
+
+
+def _belongs(instance: Instance, events: list[Event], outcome: StepOutcome) -> Event | None:
+    """The pending-or-final journal record ``outcome`` is for, or ``None`` if it is for
+    another run, a record that does not exist or one that is not that step."""
+    if outcome.run is not None and outcome.run != instance.run:
+        logger.info(
+            "workflow %s is on run %d: dropping an outcome of run %d (seq %d)",
+            instance.id,
+            instance.run,
+            outcome.run,
+            outcome.seq,
+        )
+        return None
+    event = events[outcome.seq] if outcome.seq < len(events) else None
+    if (
+        event is None
+        or event.seq != outcome.seq
+        or event.kind is not Kind.STEP
+        or (outcome.name is not None and event.name != outcome.name)
+    ):
+        logger.error(
+            "workflow %s has no step %s at seq %d; dropping its outcome",
+            instance.id,
+            outcome.name or "",
+            outcome.seq,
+        )
+        return None
+    return event
+
+
+def commit_beside(
+    durable: Durable,
+    instance: Instance,
+    *,
+    outcomes: list[Event] | tuple[Event, ...] = (),
+    resent: list[int] | tuple[int, ...] = (),
+    wake_at: datetime | None,
+    note: str | None = None,
+    updated_at: datetime | None = None,
+) -> bool:
+    """Commit journal changes without a replay (outcomes, steps sent again, a note),
+    leaving the instance's status, result and custom status as they are.
+
+    Returns:
+        ``False`` if the compare-and-set lost (read again and decide again).
+    """
+    return durable.store.commit(
+        Commit(
+            instance_id=instance.id,
+            expected_version=instance.version,
+            status=instance.status,
+            updated_at=updated_at or durable.now(),
+            output=instance.output,
+            failure=instance.failure,
+            outcomes=outcomes,
+            resent=resent,
+            wake_at=wake_at,
+            custom_status=instance.custom_status,
+            note=note,
+        )
+    )
 
 
 def _journal_outcome(
@@ -96,9 +162,11 @@ def advance(
 
     Raises:
         WorkflowNotFound: no such instance.
-        UnknownWorkflow: the instance's workflow is not registered in this process; the
-            outcome (if any) was journaled first, so a worker that knows it can go on.
         StoreError: the store failed, or the compare-and-set kept losing.
+
+    An instance whose workflow is not registered in this process is not an error: the
+    outcome (if any) is journaled, the instance notes that it waits for a worker that
+    knows its workflow, and the tick sends it one resume at a time until one does.
     """
     store = durable.store
     for _ in range(MAX_CAS_ROUNDS):
@@ -108,49 +176,39 @@ def advance(
         instance, events = loaded
         outcomes: list[Event] = []
         if outcome is not None:
-            journaled = events[outcome.seq] if outcome.seq < len(events) else None
-            if journaled is None or journaled.seq != outcome.seq:
-                logger.error(
-                    "workflow %s has no journal record %d; dropping its outcome",
-                    instance_id,
-                    outcome.seq,
-                )
-                outcome = None
-            elif journaled.state.is_final:
-                outcome = None  # a duplicate delivery lost the race: first writer wins
+            journaled = _belongs(instance, events, outcome)
+            if journaled is None or journaled.state.is_final:
+                outcome = None  # another run's, or a duplicate that lost: first writer wins
             else:
                 merged = _journal_outcome(durable, journaled, outcome, instance.serializer)
                 events[outcome.seq] = merged
                 outcomes.append(merged)
 
         workflow = durable.workflows.get(instance.workflow)
-        if instance.status.is_terminal or instance.status is Status.STUCK or workflow is None:
-            # Nothing to replay here, but an outcome is journaled all the same.
-            if outcomes and not store.commit(
-                Commit(
-                    instance_id=instance_id,
-                    expected_version=instance.version,
-                    status=instance.status,
-                    updated_at=durable.now(),
-                    output=instance.output,
-                    failure=instance.failure,
-                    outcomes=outcomes,
-                    # A worker that knows the workflow must pass by: the resume message
-                    # sent for it may be lost.
-                    wake_at=None if instance.status.is_terminal else durable.redrive_at(),
-                    custom_status=instance.custom_status,
-                )
+        if instance.status.is_terminal or instance.status is Status.STUCK:
+            # Nothing to replay, but an outcome is journaled all the same (a stuck
+            # instance's retry then finds it).
+            if outcomes and not commit_beside(
+                durable, instance, outcomes=outcomes, wake_at=instance.wake_at
             ):
                 continue
-            if workflow is None and not instance.status.is_terminal:
-                raise UnknownWorkflow(
-                    f"workflow {instance.workflow!r} (instance {instance_id}) is not registered "
-                    "in this worker; import the module that defines it in the app "
-                    "(e.g. Celery's `include=`) so this worker can run it"
-                )
             return
+        if workflow is None:
+            if not _wait_for_worker(durable, instance, outcomes):
+                continue
+            return
+        closing = _parent_closed(durable, instance)
+        if closing == "terminate":
+            if terminate(durable, instance.id, f"its parent {instance.parent_id} ended"):
+                return
+            continue
 
         now = durable.now()
+        for event in lost_for_good(durable, now, events):
+            # Lost more often than durable_max_resends: a poison step, failed for good.
+            failed = _step_lost(durable, event, now)
+            events[event.seq] = failed
+            outcomes.append(failed)
         codec = durable.codec(instance.serializer)
         waiting = waiting_children(events, codec)
         children = {child.id: child for child in store.get_many(list(waiting))}
@@ -163,8 +221,11 @@ def advance(
             resolve_step=durable.resolve_step,
             signals=store.signals(instance_id) if instance.inbox else (),
             children=children,
-            cancel_requested=instance.cancel_requested,
+            cancel_requested=instance.cancel_requested or closing == "cancel",
+            failure_exceptions=workflow.failure_exceptions,
         )
+        if decision.status is Status.STUCK:
+            decision.failure = _explain_stuck(durable, decision.failure)
         outcomes.extend(decision.fired)
         wake = Wake(at=None)
         if decision.status is Status.RUNNING and decision.restart_input is None:
@@ -218,11 +279,83 @@ def advance(
             continue
         faults.point(faults.AFTER_COMMIT)
         # Children whose creation a crash may have cut off are created (idempotently).
-        lost = [start for child_id, start in waiting.items() if child_id not in children]
+        lost = [s for s in decision.awaited_children if s.workflow_id not in children]
         _publish(durable, instance, decision, wake, now, [*decision.children, *lost])
+        if decision.status.is_terminal or decision.restart_input is not None:
+            ended = "continued as new" if decision.restart_input else decision.status.value
+            close_children(durable, instance.id, ended)
         return
     raise StoreError(
         f"workflow {instance_id}: gave up after {MAX_CAS_ROUNDS} lost compare-and-set rounds"
+    )
+
+
+def _wait_for_worker(durable: Durable, instance: Instance, outcomes: list[Event]) -> bool:
+    """No workflow of that name here: journal the outcomes, note why the instance waits,
+    and let the tick look again (one resume at a time, later and later, up to a step
+    timeout), since a rolling deploy may bring a worker that knows it.
+
+    Returns:
+        ``False`` if the compare-and-set lost.
+    """
+    now = durable.now()
+    note = f"waiting for a worker that knows workflow {instance.workflow!r}"
+    since = instance.updated_at if instance.note == note else now
+    settings = durable.settings
+    pause = min(max((now - since).total_seconds(), settings.tick_interval), settings.step_timeout)
+    if not commit_beside(
+        durable,
+        instance,
+        outcomes=outcomes,
+        wake_at=now + timedelta(seconds=pause),
+        note=note,
+        updated_at=since,
+    ):
+        return False
+    logger.warning(
+        "workflow %s: %s (not registered in this worker: import its module in the app, "
+        "e.g. Celery's include=); looking again in %.0f s",
+        instance.id,
+        note,
+        pause,
+    )
+    return True
+
+
+def _parent_closed(durable: Durable, instance: Instance) -> str | None:
+    """The parent-close policy to apply now if this child's parent has ended (a backstop
+    for a parent whose process died before it closed its children), else ``None``."""
+    policy = instance.parent_close
+    if instance.parent_id is None or policy not in ("terminate", "cancel"):
+        return None
+    parent = durable.store.get(instance.parent_id)
+    if parent is not None and not parent.status.is_terminal:
+        return None
+    return policy
+
+
+def _step_lost(durable: Durable, event: Event, now: datetime) -> Event:
+    failure = Failure(
+        "StepLost",
+        f"step {event.name!r} (seq {event.seq}) was lost {event.resends + 1} times: its "
+        "worker died or a hard time limit killed it each time (sent again "
+        f"{event.resends} times, durable_max_resends={durable.settings.max_resends})",
+    )
+    return replace(event, state=State.FAILED, output=None, failure=failure, completed_at=now)
+
+
+def _explain_stuck(durable: Durable, failure: Failure | None) -> Failure | None:
+    """A clearer message for a pass that ran out of time in workflow code."""
+    if failure is None or failure.type != "SoftTimeLimitExceeded":
+        return failure
+    limit = durable.settings.resume_time_limit
+    return replace(
+        failure,
+        message=(
+            f"the orchestrator pass ran longer than durable_resume_time_limit ({limit:g} s): "
+            "workflow code must not block (no I/O, sleeps or long loops outside ctx "
+            "commands); move slow work into a step, deploy, then retry the instance"
+        ),
     )
 
 
@@ -235,17 +368,21 @@ def _publish(
     children: list[StartChild],
 ) -> None:
     """Send what a committed pass decided (never before its commit: the outbox rule)."""
-    if decision.status is Status.STUCK:
+    if decision.status in (Status.STUCK, Status.FAILED):
         failure = decision.failure or Failure("UnknownError", "")
         logger.error(
-            "workflow %s (%s) is stuck: %s: %s",
+            "workflow %s (%s) %s: %s: %s%s",
             instance.id,
             instance.workflow,
+            "is stuck (retry it once fixed: celery -A <app> durable retry ID)"
+            if decision.status is Status.STUCK
+            else "failed",
             failure.type,
             failure.message,
+            f"\n{failure.details.rstrip()}" if failure.details else "",
         )
     for step in decision.steps:
-        durable.send_step(instance.id, step)
+        durable.send_step(instance.id, step, instance.run)
     codec = durable.codec(instance.serializer)
     for event in wake.resend:
         logger.warning(
@@ -255,7 +392,9 @@ def _publish(
             event.name,
         )
         args, kwargs = codec.loads(event.input) if event.input else ((), {})
-        durable.send_step(instance.id, ScheduleStep(event.seq, event.name, tuple(args), kwargs))
+        durable.send_step(
+            instance.id, ScheduleStep(event.seq, event.name, tuple(args), kwargs), instance.run
+        )
     if wake.eta is not None:
         durable.send_resume(instance.id, countdown=(wake.eta - now).total_seconds())
     start_children(durable, instance, children)

@@ -10,10 +10,15 @@ due timers and sends again the steps that show no sign of life.
 
 A step's deadline:
 
-* not started (no heartbeat from a worker): sent + ``durable_step_timeout``: the message
-  is presumed lost after waiting that long in the queue;
-* started: its last heartbeat + ``durable_heartbeat_interval`` x ``HEARTBEAT_MISSES``: the
-  worker running it is presumed dead.
+* not started (no worker has marked it started): sent + ``durable_step_timeout``: the
+  message is presumed lost after waiting that long in the queue (a message merely queued
+  behind a backlog is not sent twice sooner). A step that Celery retries counts as sent
+  at the retry's due time;
+* started (every step is marked started before its code runs): its last heartbeat (or
+  start) + ``durable_heartbeat_interval`` x ``HEARTBEAT_MISSES``: the worker running it
+  is presumed dead, even if it died in the step's first milliseconds. Such a step is
+  sent again at most ``durable_max_resends`` times; once more and it fails with
+  ``StepFailed`` of type ``"StepLost"`` (:func:`lost_for_good`).
 """
 
 from __future__ import annotations
@@ -98,6 +103,30 @@ def plan(
     if children or any(event.kind is Kind.STEP for event in new):
         candidates.append(now + step_timeout)
     return Wake(at=min(candidates) if candidates else None, resend=tuple(resend), eta=eta)
+
+
+def _silent_since(durable: Durable, event: Event, now: datetime) -> bool:
+    """A started step whose last sign of life is older than the heartbeat timeout."""
+    timeout = timedelta(seconds=durable.settings.heartbeat_interval * HEARTBEAT_MISSES)
+    return (
+        event.started_at is not None
+        and event.heartbeat_at is not None
+        and event.heartbeat_at + timeout <= now
+    )
+
+
+def lost_for_good(durable: Durable, now: datetime, events: Iterable[Event]) -> list[Event]:
+    """The started steps whose worker fell silent once more after ``durable_max_resends``
+    re-sends: a poison step (it kills its worker every time) that must fail, not loop."""
+    limit = durable.settings.max_resends
+    return [
+        event
+        for event in events
+        if event.kind is Kind.STEP
+        and not event.state.is_final
+        and event.resends >= limit
+        and _silent_since(durable, event, now)
+    ]
 
 
 def recover(durable: Durable, limit: int | None = None) -> int:

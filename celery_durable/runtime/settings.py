@@ -36,6 +36,16 @@ class Settings:
             while the store is out of reach (``durable_outcome_patience``, default 60),
             still beating, so a database restart or failover does not run the step
             again. Past it, the step is retried by Celery, which runs it again.
+        resume_time_limit: seconds one orchestrator pass may run
+            (``durable_resume_time_limit``, default 120): Celery's soft time limit of the
+            resume task (the hard one comes 15 s later; prefork pools only). Workflow code
+            that blocks past it parks the instance as ``stuck`` instead of holding a
+            worker slot for ever.
+        max_resends: how many times a step presumed lost after it started (its worker
+            died, or a hard ``time_limit`` killed it) is sent again
+            (``durable_max_resends``, default 3); one more loss fails it with
+            ``StepFailed`` of type ``"StepLost"``, so the workflow's ``except`` blocks and
+            compensations run instead of a poison step looping for ever.
         accept_content: the serializers journal payloads may be decoded with
             (``durable_accept_content``; kombu names such as ``"json"`` or content types
             such as ``"application/json"``, as Celery's ``accept_content``). Defaults to
@@ -52,6 +62,8 @@ class Settings:
     step_timeout: float = 300.0
     heartbeat_interval: float = 2.0
     outcome_patience: float = 60.0
+    resume_time_limit: float = 120.0
+    max_resends: int = 3
 
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
@@ -70,6 +82,7 @@ class Settings:
             ("step_timeout", cls.step_timeout),
             ("heartbeat_interval", cls.heartbeat_interval),
             ("outcome_patience", cls.outcome_patience),
+            ("resume_time_limit", cls.resume_time_limit),
         ):
             value = conf.get(f"durable_{name}")
             value = default if value is None else value
@@ -78,6 +91,12 @@ class Settings:
                     f"durable_{name} must be a positive number of seconds, not {value!r}"
                 )
             numbers[name] = float(value)
+        max_resends = conf.get("durable_max_resends")
+        max_resends = cls.max_resends if max_resends is None else max_resends
+        if isinstance(max_resends, bool) or not isinstance(max_resends, int) or max_resends < 0:
+            raise ConfigurationError(
+                f"durable_max_resends must be a whole number >= 0, not {max_resends!r}"
+            )
         options = conf.get("broker_transport_options") or {}
         visibility = options.get("visibility_timeout")
         if visibility is not None and numbers["eta_max"] >= float(visibility):
@@ -94,6 +113,7 @@ class Settings:
             queue=conf.get("durable_queue") or None,
             serializer=serializer,
             accept_content=_accept_content(conf.get("durable_accept_content"), serializer),
+            max_resends=max_resends,
             **numbers,
         )
 

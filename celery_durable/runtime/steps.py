@@ -2,21 +2,32 @@
 
 A step is an ordinary Celery task (routable, rate-limited, retried with Celery's own
 options). When it runs for a workflow, its task id is the deterministic
-``"<workflow_id>:<seq>"``, which survives Celery's retries (custom message headers do not
-reliably: celery#4875, #7523), so the id alone says which journal record it is. The task
-then:
+``"<workflow_id>:<seq>"`` (``"<workflow_id>:<seq>~<run>"`` from the second run of an
+instance that continued as new), which survives Celery's retries (custom message headers
+do not reliably: celery#4875, #7523), so the id alone says which journal record of which
+run it is. The task then:
 
-1. marks its journal record started, or, if the outcome is already journaled (a duplicate
-   delivery), skips the user code and only makes sure the workflow moved on;
+1. marks its journal record started (``Store.start_step``, one round trip that also reads
+   the journal), so that recovery knows within seconds if the worker dies, even in the
+   step's first milliseconds. A record that is already journaled (a duplicate delivery),
+   belongs to another run (a straggler from before a ``continue_as_new``) or is not a
+   step of this name is not run: a duplicate only makes sure the workflow moved on;
 2. runs the user function (Celery's ``autoretry_for`` wraps it; a retry publishes a new
-   message with the same id and journals nothing);
+   message with the same id, and its due time is journaled first so that recovery waits
+   for it rather than sending the step again);
 3. journals the outcome and advances the workflow in one commit, publishing the next
    step from this same worker: one broker hop per step, like a bare chain. While the
    store is out of reach it keeps trying (and beating) for ``durable_outcome_patience``
    seconds, so a database restart does not make the step run again.
 
+Deaths that only the worker's main process sees (a pool process killed: OOM, segfault,
+``time_limit``) are counted by :class:`DurableStepRequest`, without any write while
+things go well: a step lost more than ``durable_max_resends`` times fails with
+``StepFailed`` of type ``"StepLost"``.
+
 Called outside a workflow (``my_step.delay(...)`` or ``my_step(...)``), it is a plain task;
-task ids of the form ``"<anything>:<integer>"`` are reserved for workflow steps.
+task ids of the form ``"<anything>:<integer>"`` (or ``...:<integer>~<integer>``) are
+reserved for workflow steps.
 """
 
 from __future__ import annotations
@@ -25,14 +36,15 @@ import contextvars
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
 from celery.exceptions import Ignore, Retry
 
 from celery_durable import faults
-from celery_durable.engine.journal import Failure
-from celery_durable.errors import StoreError, UnknownWorkflow, WorkflowNotFound
+from celery_durable.engine.journal import Failure, Kind
+from celery_durable.errors import StoreError, WorkflowNotFound
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome
 
 if TYPE_CHECKING:
@@ -48,16 +60,20 @@ class StepInfo:
     Attributes:
         workflow_id: the instance the step belongs to.
         seq: its position in the workflow's commands.
-        idempotency_key: ``"<workflow_id>:<seq>"``, also the Celery task id; the same on
-            every retry and redelivery, so pass it to external services to make the step
+        idempotency_key: the Celery task id, ``"<workflow_id>:<seq>"`` (with ``~<run>``
+            appended from the second run on); the same on every retry and redelivery and
+            unique across runs, so pass it to external services to make the step
             exactly-once in effect.
-        attempt: 1 on the first run, then 2, 3, ... on retries and redeliveries.
+        attempt: 1 on the first run of the step, then 2, 3, ... on every retry,
+            redelivery and re-send (each run counts, as the journal's ``attempts``).
+        run: the workflow run the step belongs to (1, then +1 per continue_as_new).
     """
 
     workflow_id: str
     seq: int
     idempotency_key: str
     attempt: int
+    run: int = 1
 
 
 _current: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
@@ -70,19 +86,21 @@ def current_step() -> StepInfo | None:
     return _current.get()
 
 
-def step_task_id(workflow_id: str, seq: int) -> str:
+def step_task_id(workflow_id: str, seq: int, run: int = 1) -> str:
     """The deterministic Celery task id (and idempotency key) of a workflow's step."""
-    return f"{workflow_id}:{seq}"
+    return f"{workflow_id}:{seq}" if run == 1 else f"{workflow_id}:{seq}~{run}"
 
 
-def parse_step_task_id(task_id: str | None) -> tuple[str, int] | None:
-    """Inverse of :func:`step_task_id`; ``None`` for an ordinary task id."""
+def parse_step_task_id(task_id: str | None) -> tuple[str, int, int] | None:
+    """Inverse of :func:`step_task_id`: ``(workflow_id, run, seq)``, or ``None`` for an
+    ordinary task id."""
     if not task_id:
         return None
-    workflow_id, sep, seq = task_id.rpartition(":")
-    if not sep or not workflow_id or not seq.isdigit():
+    workflow_id, sep, last = task_id.rpartition(":")
+    seq, tilde, run = last.partition("~")
+    if not sep or not workflow_id or not seq.isdigit() or (tilde and not run.isdigit()):
         return None
-    return workflow_id, int(seq)
+    return workflow_id, int(run) if tilde else 1, int(seq)
 
 
 class DurableStep(Task):  # type: ignore[misc]
@@ -100,47 +118,36 @@ class DurableStep(Task):  # type: ignore[misc]
         identity = parse_step_task_id(self.request.id)
         if identity is None:
             return self.run(*args, **kwargs)
-        workflow_id, seq = identity
+        workflow_id, run, seq = identity
         durable = self.durable
+        started_at = durable.now()
         try:
-            # Read once before running: the journal says whether this step is already
-            # done (a duplicate delivery), and the same read seeds the commit afterwards.
-            journal = durable.store.load(workflow_id)
+            # One round trip: mark the step started (recovery then knows within seconds
+            # if this worker dies) and read the journal, which seeds the commit after.
+            start = durable.store.start_step(
+                workflow_id, run, seq, self.name, started_at, started_at + durable.silence_limit
+            )
         except StoreError as exc:
             raise self._retry_later(exc) from exc
-        event = None
-        if journal is not None and seq < len(journal[1]):
-            event = journal[1][seq]
-        if event is None:
-            logger.error(
-                "step %s: workflow %s has no journal record %d; message dropped",
-                self.name,
-                workflow_id,
-                seq,
-            )
-            raise Ignore()
-        if event.state.is_final:
-            logger.info("step %s of %s already journaled; not run again", seq, workflow_id)
-            self._advance(workflow_id, None, journal)
-            return None
-
-        # Celery counts its retries; the journal counts runs it saw start (a step sent
-        # again after its worker died is a new message with retries = 0).
-        attempt = max(int(self.request.retries or 0), event.attempts) + 1
-        started_at = durable.now()
+        journal = start.journal
+        if not start.marked:
+            return self._not_ours(workflow_id, run, seq, journal)
+        assert journal is not None
+        event = journal[1][seq]
         token = _current.set(
             StepInfo(
                 workflow_id=workflow_id,
                 seq=seq,
-                idempotency_key=step_task_id(workflow_id, seq),
-                attempt=attempt,
+                idempotency_key=self.request.id,
+                attempt=max(event.attempts, 1),
+                run=run,
             )
         )
         failed: BaseException | None = None
         result: Any = None
         # The beats go on until the outcome is journaled: a step waiting for the store
         # to come back must not look dead and be sent again.
-        with durable.heartbeats.track(workflow_id, seq):
+        with durable.heartbeats.track(workflow_id, run, seq):
             try:
                 result = self.run(*args, **kwargs)
             except Retry:
@@ -154,14 +161,91 @@ class DurableStep(Task):  # type: ignore[misc]
                 seq,
                 result=result if failed is None else None,
                 failure=None if failed is None else Failure.from_exception(failed),
-                attempts=attempt,
+                attempts=event.attempts,
                 started_at=started_at,
+                run=run,
+                name=self.name,
             )
             self._advance(workflow_id, outcome, journal, durable.settings.outcome_patience)
         if failed is not None:
             # Journaled; re-raise so Celery (and Flower) show the task as failed.
             raise failed
         return result
+
+    def _not_ours(self, workflow_id: str, run: int, seq: int, journal: Loaded | None) -> None:
+        """The step could not be marked started: say why, and never run its code."""
+        event = None
+        if journal is not None and seq < len(journal[1]):
+            event = journal[1][seq]
+        if journal is None:
+            logger.error(
+                "step %s: no workflow instance %s; message dropped", self.name, workflow_id
+            )
+        elif journal[0].run != run:
+            logger.info(
+                "step %s: %s belongs to run %d of workflow %s, which is now on run %d; "
+                "not run (a straggler from before continue_as_new)",
+                self.name,
+                self.request.id,
+                run,
+                workflow_id,
+                journal[0].run,
+            )
+        elif event is None or event.kind is not Kind.STEP or event.name != self.name:
+            logger.error(
+                "step %s: workflow %s has no step %r at seq %d; message dropped",
+                self.name,
+                workflow_id,
+                self.name,
+                seq,
+            )
+        elif event.state.is_final:
+            logger.info("step %s of %s already journaled; not run again", seq, workflow_id)
+            self._advance(workflow_id, None, journal)
+            return
+        else:
+            logger.info(
+                "step %s: workflow %s is %s; step %d not run",
+                self.name,
+                workflow_id,
+                journal[0].status.value,
+                seq,
+            )
+        raise Ignore()
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """Celery's ``Task.retry``, with the retry's due time journaled first.
+
+        The step goes back to scheduled until the retry is due, so recovery waits for the
+        retry's own message (its due time plus ``durable_step_timeout``) instead of
+        taking the silent step for a dead one and sending it again alongside.
+        """
+        identity = parse_step_task_id(self.request.id)
+        if identity is not None and not self.request.called_directly:
+            workflow_id, run, seq = identity
+            now = self.durable.now()
+            if eta is not None:
+                due = eta if eta.tzinfo is not None else eta.replace(tzinfo=timezone.utc)
+            else:
+                delay = countdown if countdown is not None else self.default_retry_delay
+                due = now + timedelta(seconds=float(delay or 0))
+            try:
+                self.durable.store.reschedule_step(
+                    workflow_id, run, seq, due, due + self.durable.redrive_after
+                )
+            except StoreError as error:
+                logger.warning("step %s: cannot journal its retry (%s)", self.request.id, error)
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def _advance(
         self,
@@ -182,10 +266,6 @@ class DurableStep(Task):  # type: ignore[misc]
         while True:
             try:
                 durable.advance(workflow_id, outcome, journal)
-                return
-            except UnknownWorkflow:
-                # The outcome is journaled; a worker that has the workflow's code goes on.
-                durable.send_resume(workflow_id)
                 return
             except WorkflowNotFound:
                 logger.error("step %s: workflow %s vanished from the store", self.name, workflow_id)

@@ -1,0 +1,177 @@
+"""Deaths only the worker's main process sees: a pool process killed under a task.
+
+When a prefork pool process dies while it runs a task (the OOM killer, a segfault, a
+``time_limit`` that kills it), the step's own code never reports: the worker's main
+process gets ``WorkerLostError`` (Celery then requeues the message, since steps run with
+``reject_on_worker_lost``) or ``TimeLimitExceeded`` (Celery acks it). The Request classes
+here are Celery's own, extended to journal that loss from the main process — a write
+only when a process died, nothing while tasks succeed:
+
+* a step lost once more after ``durable_max_resends`` re-sends fails for good with
+  ``StepFailed`` of type ``"StepLost"`` (the workflow's ``except`` blocks and compensations
+  run) instead of killing worker after worker for ever;
+* below that, the loss is counted and the step is sent again (by Celery's requeue, or
+  here after a hard time limit, whose message Celery acked);
+* an orchestrator pass killed by its hard time limit (workflow code that blocks and
+  swallowed the soft limit) parks its instance as ``stuck``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+from celery.worker.request import Request
+
+from celery_durable.engine.commands import ScheduleStep
+from celery_durable.engine.journal import Failure, Kind, Status
+from celery_durable.runtime.orchestrator import commit_beside
+from celery_durable.runtime.steps import parse_step_task_id
+
+if TYPE_CHECKING:
+    from celery_durable.runtime.durable import Durable
+
+logger = logging.getLogger("celery_durable")
+
+#: How many times one loss is tried against a moving journal before giving up (the
+#: heartbeat-based recovery then handles it).
+_ROUNDS = 20
+
+
+def _died(exc_info: Any) -> BaseException | None:
+    """The process-death exception in ``exc_info``, or ``None`` for any other failure."""
+    exc = getattr(exc_info, "exception", None)
+    if isinstance(exc, ExceptionWithTraceback):
+        exc = exc.exc
+    return exc if isinstance(exc, (WorkerLostError, TimeLimitExceeded)) else None
+
+
+class DurableStepRequest(Request):  # type: ignore[misc]
+    """The Request of ``@durable.step`` tasks: journals a step lost with its process."""
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        died = _died(exc_info)
+        if died is not None:
+            try:
+                record_loss(
+                    self.task.durable,
+                    self.id,
+                    self.task.name,
+                    tuple(self.args or ()),
+                    dict(self.kwargs or {}),
+                    acked=isinstance(died, TimeLimitExceeded),
+                    why=f"{type(died).__name__}: {died}",
+                )
+            except Exception:  # never let the bookkeeping break Celery's own handling
+                logger.exception("step %s: could not journal its lost run", self.id)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+
+class ResumeRequest(Request):  # type: ignore[misc]
+    """The Request of the orchestrator task: parks an instance whose pass was killed by
+    its hard time limit (workflow code that blocks)."""
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        died = _died(exc_info)
+        if isinstance(died, TimeLimitExceeded) and self.args:
+            try:
+                park_blocked(self.task.durable, str(self.args[0]))
+            except Exception:
+                logger.exception("resume %s: could not park its instance", self.id)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+
+def record_loss(
+    durable: Durable,
+    task_id: str,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    acked: bool,
+    why: str,
+) -> None:
+    """Journal that the run of step ``task_id`` died with its process.
+
+    Args:
+        acked: Celery acked the message (a hard time limit), so the step is sent again
+            here; otherwise Celery requeues it.
+        why: the exception the main process saw, for the log.
+    """
+    identity = parse_step_task_id(task_id)
+    if identity is None:
+        return
+    workflow_id, run, seq = identity
+    for _ in range(_ROUNDS):
+        loaded = durable.store.load(workflow_id)
+        if loaded is None:
+            return
+        instance, events = loaded
+        event = events[seq] if seq < len(events) else None
+        if (
+            instance.run != run
+            or instance.status.is_terminal
+            or event is None
+            or event.kind is not Kind.STEP
+            or event.name != name
+            or event.state.is_final
+        ):
+            return  # journaled meanwhile, or not this run's: nothing was lost
+        now = durable.now()
+        if event.resends >= durable.settings.max_resends:
+            failure = Failure(
+                "StepLost",
+                f"step {name!r} (seq {seq}) was lost {event.resends + 1} times ({why}): it "
+                f"was sent again {event.resends} times (durable_max_resends="
+                f"{durable.settings.max_resends})",
+            )
+            failed = replace(event, state=event.state.FAILED, failure=failure, completed_at=now)
+            if commit_beside(durable, instance, outcomes=[failed], wake_at=durable.redrive_at()):
+                logger.error("workflow %s: %s", workflow_id, failure.message)
+                durable.send_resume(workflow_id)  # the workflow handles the failure
+                return
+            continue
+        wake_at = now + durable.redrive_after
+        if instance.wake_at is not None:
+            wake_at = min(wake_at, instance.wake_at)
+        if commit_beside(durable, instance, resent=[seq], wake_at=wake_at, note=instance.note):
+            logger.warning(
+                "workflow %s: step %s (seq %d) lost its process (%s); sending it again "
+                "(loss %d of %d allowed)",
+                workflow_id,
+                name,
+                seq,
+                why,
+                event.resends + 1,
+                durable.settings.max_resends,
+            )
+            if acked:
+                durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
+            return
+
+
+def park_blocked(durable: Durable, workflow_id: str) -> None:
+    """Park an instance whose orchestrator pass was killed by its hard time limit."""
+    limit = durable.settings.resume_time_limit
+    failure = Failure(
+        "TimeLimitExceeded",
+        f"the orchestrator pass was killed after running longer than "
+        f"durable_resume_time_limit ({limit:g} s) and its grace: workflow code must not "
+        "block (no I/O, sleeps or long loops outside ctx commands); move slow work into a "
+        "step, deploy, then retry the instance",
+    )
+    for _ in range(_ROUNDS):
+        instance = durable.store.get(workflow_id)
+        if instance is None or instance.status not in (Status.PENDING, Status.RUNNING):
+            return
+        parked = replace(instance, status=Status.STUCK, failure=failure)
+        if commit_beside(durable, parked, wake_at=None):
+            logger.error("workflow %s is stuck: %s", workflow_id, failure.message)
+            return
