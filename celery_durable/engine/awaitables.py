@@ -217,6 +217,10 @@ class _SignalCommand(_Command):
         return Event(seq, self.kind, self.name, self.input, State.SCHEDULED, scheduled_at=now)
 
 
+PARENT_CLOSE_POLICIES = ("terminate", "cancel", "abandon")
+"""What ``ctx.child(..., on_parent_close=...)`` may do with a child its parent leaves."""
+
+
 class _ChildCommand(_Command):
     """A child workflow, named after its workflow; ``input`` is the encoded ``[args, kwargs]``
     the child starts with (what :class:`StartChild` carries).
@@ -237,30 +241,45 @@ class _ChildCommand(_Command):
         kwargs: dict[str, Any],
         workflow_id: str | None,
         codec: Codec,
+        on_parent_close: str = "terminate",
     ) -> None:
         super().__init__(owner, name, input)
         self.args = args
         self.kwargs = kwargs
         self.workflow_id = workflow_id
         self.codec = codec
+        self.on_parent_close = on_parent_close
 
     def child_id(self, seq: int) -> str:
-        """The child's workflow id when issued at ``seq``."""
+        """The child's workflow id when issued at ``seq`` (in run ``n > 1`` of the parent,
+        ``"<parent id>:<seq>~<n>"``: each run has children of its own)."""
         if self.workflow_id is not None:
             return self.workflow_id
-        return f"{self.owner.workflow_id}:{seq}"
+        run = self.owner.run_number
+        return (
+            f"{self.owner.workflow_id}:{seq}"
+            if run == 1
+            else f"{self.owner.workflow_id}:{seq}~{run}"
+        )
 
-    def new_event(self, seq: int, now: datetime) -> Event:
-        encoded = _encode_call(
+    def journal_input(self, seq: int) -> str:
+        """The encoded ``[[child_id, *args], kwargs]`` its journal record holds at ``seq``."""
+        return _encode_call(
             self.codec,
             f"child workflow {self.name!r}",
             (self.child_id(seq), *self.args),
             self.kwargs,
         )
-        return Event(seq, self.kind, self.name, encoded, State.SCHEDULED, scheduled_at=now)
+
+    def new_event(self, seq: int, now: datetime) -> Event:
+        return Event(
+            seq, self.kind, self.name, self.journal_input(seq), State.SCHEDULED, scheduled_at=now
+        )
 
     def dispatch(self, seq: int) -> ScheduleStep | StartChild | None:
-        return StartChild(seq, self.child_id(seq), self.name, self.input)
+        return StartChild(
+            seq, self.child_id(seq), self.name, self.input, parent_close=self.on_parent_close
+        )
 
 
 def decode_child_id(codec: Codec, data: str | None) -> str:

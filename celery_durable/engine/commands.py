@@ -32,6 +32,8 @@ class StartChild:
     workflow_id: str
     workflow: str
     input: str
+    parent_close: str = "terminate"
+    """What to do with the child if the parent ends first (``ctx.child(on_parent_close=)``)."""
 
 
 @dataclass
@@ -66,6 +68,10 @@ class Decision:
     restart_input: str | None = None
     """``ctx.continue_as_new(...)``: the encoded ``[args, kwargs]`` the instance restarts
     with, under the same id, with an empty journal (status RUNNING)."""
+    awaited_children: list[StartChild] = field(default_factory=list)
+    """The journaled children the workflow still waits on in this pass, as the code starts
+    them (its ``on_parent_close`` included): the runtime creates any whose creation a
+    crash cut off."""
     consumed: list[tuple[int, int]] = field(default_factory=list)
     """Signals this pass consumed: ``(signal id, seq of the wait that took it)``; the
     commit marks them consumed (exactly once) with the wait's outcome."""

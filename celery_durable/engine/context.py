@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from celery_durable.engine.awaitables import (
+    PARENT_CLOSE_POLICIES,
     _ChildCommand,
     _ContinueAsNew,
     _Cursor,
@@ -37,7 +38,7 @@ from celery_durable.engine.awaitables import (
 from celery_durable.engine.journal import Instance
 from celery_durable.engine.saga import Saga
 from celery_durable.engine.serialization import Codec
-from celery_durable.errors import SerializationError
+from celery_durable.errors import SerializationError, SignalTimeout, StepFailed
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -79,7 +80,9 @@ class WorkflowContext:
         *,
         codec: Codec,
         resolve_step: Callable[[Any], str],
+        failure_exceptions: tuple[type[BaseException], ...] = (),
     ) -> None:
+        self._failure_exceptions = failure_exceptions
         self._instance = instance
         self._cursor = cursor
         self._codec = codec
@@ -91,6 +94,17 @@ class WorkflowContext:
     def workflow_id(self) -> str:
         """The id of this workflow instance."""
         return self._instance.id
+
+    def _fails_workflow(self, exc: BaseException) -> bool:
+        """True if ``exc`` escaping the workflow fails it (a journaled outcome such as
+        ``StepFailed`` or ``SignalTimeout``, or a type in ``failure_exceptions``); any
+        other exception is a bug that parks the instance as ``stuck``."""
+        return isinstance(exc, (StepFailed, SignalTimeout, *self._failure_exceptions))
+
+    @property
+    def run_number(self) -> int:
+        """This run's number: 1, then one more after each ``continue_as_new``."""
+        return self._instance.run
 
     @property
     def workflow_name(self) -> str:
@@ -302,12 +316,15 @@ class WorkflowContext:
     def uuid4(self) -> uuid.UUID:
         """A random-looking UUID (version 4), the same on every replay.
 
-        The n-th call in a workflow instance always returns the same value, derived from
-        the workflow id and n, and values are unique across calls and instances. They are
-        NOT secret (anyone knowing the workflow id can compute them): use
-        ``await ctx.run(secrets.token_hex)`` for secrets.
+        The n-th call in a run of a workflow instance always returns the same value,
+        derived from the workflow id, the run number and n, and values are unique across
+        calls, runs (``continue_as_new``) and instances. They are NOT secret (anyone
+        knowing the workflow id can compute them): use ``await ctx.run(secrets.token_hex)``
+        for secrets.
         """
-        seed = f"{self._instance.id}\x00{self._uuid_count}".encode()
+        run = self._instance.run
+        prefix = self._instance.id if run == 1 else f"{self._instance.id}\x00run {run}"
+        seed = f"{prefix}\x00{self._uuid_count}".encode()
         self._uuid_count += 1
         return uuid.UUID(bytes=hashlib.sha256(seed).digest()[:16], version=4)
 
@@ -369,7 +386,13 @@ class WorkflowContext:
         return _RunCommand(self, name, encoded, fn, tuple(args), dict(kwargs), self._codec)
 
     def child(
-        self, workflow: Any, /, *args: Any, workflow_id: str | None = None, **kwargs: Any
+        self,
+        workflow: Any,
+        /,
+        *args: Any,
+        workflow_id: str | None = None,
+        on_parent_close: str = "terminate",
+        **kwargs: Any,
     ) -> Awaitable[Any]:
         """Start a child workflow and return its result once it has ended.
 
@@ -384,8 +407,17 @@ class WorkflowContext:
                 the one ``@durable.workflow`` returns), or its registered name.
             *args: positional arguments for the child; they must be serializable.
             workflow_id: the child's workflow id; by default ``"<parent id>:<seq>"``
-                (``seq`` being the call's position in the parent's journal), the same on
-                every replay.
+                (``seq`` being the call's position in the parent's journal; in run
+                ``n > 1`` of a parent that continued as new, ``"<parent id>:<seq>~<n>"``),
+                the same on every replay. An id that already belongs to another instance
+                (another parent's child, a top-level workflow, another workflow or other
+                arguments) fails the call with ``StepFailed`` of type
+                ``"WorkflowIdConflict"``.
+            on_parent_close: what happens to the child if the parent ends (completes,
+                fails, is cancelled or terminated, or continues as new) while the child
+                still runs: ``"terminate"`` (the default: it ends at once, as
+                ``handle.terminate()``), ``"cancel"`` (``handle.cancel()``: its
+                compensations run) or ``"abandon"`` (it runs on alone).
             **kwargs: keyword arguments for the child; they must be serializable.
 
         Returns:
@@ -398,8 +430,14 @@ class WorkflowContext:
             SerializationError: the arguments cannot be encoded; nothing is journaled.
             TypeError: ``workflow`` is neither a workflow nor a name, or ``workflow_id``
                 is not a string.
-            ValueError: ``workflow_id`` is empty.
+            ValueError: ``workflow_id`` is empty, or ``on_parent_close`` is not one of the
+                three policies.
         """
+        if on_parent_close not in PARENT_CLOSE_POLICIES:
+            raise ValueError(
+                f"ctx.child() on_parent_close must be one of {', '.join(PARENT_CLOSE_POLICIES)}, "
+                f"not {on_parent_close!r}"
+            )
         name: Any = workflow if isinstance(workflow, str) else getattr(workflow, "name", None)
         if not isinstance(name, str):
             raise TypeError(
@@ -414,7 +452,14 @@ class WorkflowContext:
                 raise ValueError("ctx.child() needs a non-empty workflow_id (or None)")
         encoded = _encode_call(self._codec, f"child workflow {name!r}", args, kwargs)
         return _ChildCommand(
-            self, name, encoded, tuple(args), dict(kwargs), workflow_id, self._codec
+            self,
+            name,
+            encoded,
+            tuple(args),
+            dict(kwargs),
+            workflow_id,
+            self._codec,
+            on_parent_close,
         )
 
     def continue_as_new(self, *args: Any, **kwargs: Any) -> NoReturn:

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from celery_durable.engine.awaitables import (
     _Awaitable,
     _CancelCommand,
+    _ChildCommand,
     _Combination,
     _Command,
     _ContinueAsNew,
@@ -44,6 +45,7 @@ from celery_durable.engine.awaitables import (
     _First,
     _Gather,
     _Rejoin,
+    _StepCommand,
     decode_child_id,
     decode_deadline,
     decode_fire_time,
@@ -94,6 +96,7 @@ def replay(
     signals: Sequence[Signal] = (),
     children: Mapping[str, Instance] = _NO_CHILDREN,
     cancel_requested: bool = False,
+    failure_exceptions: tuple[type[BaseException], ...] = (),
 ) -> Decision:
     """Run one orchestrator pass of ``workflow`` over its journal.
 
@@ -119,6 +122,11 @@ def replay(
             event yet, the pass journals one where the workflow blocks and throws
             ``WorkflowCancelled`` into it there (a workflow that never blocks in the pass
             is not interrupted).
+        failure_exceptions: exception types that fail the workflow when they escape it
+            (``@durable.workflow(failure_exceptions=...)``), besides the journaled
+            outcomes (``StepFailed``, ``SignalTimeout``). Any other exception is a bug:
+            the instance parks as STUCK with its traceback and nothing of the pass is
+            journaled, so a retry with fixed code goes on from the journal.
 
     Returns:
         RUNNING with the new events and the steps to send when the workflow waits (and
@@ -134,13 +142,32 @@ def replay(
         took are not delivered again).
     """
     return _Pass(
-        workflow, instance, events, codec, now, resolve_step, signals, children, cancel_requested
+        workflow,
+        instance,
+        events,
+        codec,
+        now,
+        resolve_step,
+        signals,
+        children,
+        cancel_requested,
+        failure_exceptions,
     ).run()
 
 
 def _describe(event: Event) -> str:
     kind = getattr(event.kind, "value", event.kind)  # a store may hand back plain strings
     return f"{kind} {event.name!r}"
+
+
+def _call(encoded: Any) -> str:
+    """Decoded ``[args, kwargs]`` as a call's argument list, for messages."""
+    try:
+        args, kwargs = encoded
+        parts = [repr(arg) for arg in args] + [f"{key}={value!r}" for key, value in kwargs.items()]
+    except (TypeError, ValueError, AttributeError):
+        return repr(encoded)
+    return f"({', '.join(parts)})"
 
 
 def _with_notes(failure: Failure, exc: BaseException) -> Failure:
@@ -199,6 +226,7 @@ class _Pass:
         signals: Sequence[Signal],
         children: Mapping[str, Instance],
         cancel_requested: bool,
+        failure_exceptions: tuple[type[BaseException], ...],
     ) -> None:
         self.workflow = workflow
         self.instance = instance
@@ -206,7 +234,15 @@ class _Pass:
         self.codec = codec
         self.now = now
         self.cursor = _Cursor(events, now)
-        self.ctx = WorkflowContext(instance, self.cursor, codec=codec, resolve_step=resolve_step)
+        self.ctx = WorkflowContext(
+            instance,
+            self.cursor,
+            codec=codec,
+            resolve_step=resolve_step,
+            failure_exceptions=failure_exceptions,
+        )
+        self.awaited_children: list[StartChild] = []
+        """StartChild of every journaled, pending child the workflow awaits in this pass."""
         self.new_events: list[Event] = []
         self.steps: list[ScheduleStep] = []
         self.started: list[StartChild] = []
@@ -232,7 +268,7 @@ class _Pass:
             try:
                 started = self.workflow(self.ctx, *args, **kwargs)
             except Exception as exc:  # e.g. the input no longer fits the signature
-                return self._failed(exc)
+                raise _Stuck(Failure.from_exception(exc, with_traceback=False)) from exc
             if not isinstance(started, Coroutine):
                 raise _Stuck(
                     Failure(
@@ -403,6 +439,11 @@ class _Pass:
                     f"holds {_describe(event)} but the code asked for "
                     f"{command.describe()}. {_FIX}"
                 )
+            self._check_arguments(command, event, seq)
+            if isinstance(command, _ChildCommand) and not event.state.is_final:
+                message = command.dispatch(seq)
+                assert isinstance(message, StartChild)
+                self.awaited_children.append(message)
         else:
             event = command.new_event(seq, self.now)
             self.new_events.append(event)
@@ -414,6 +455,29 @@ class _Pass:
         command.seq = seq
         self.cursor.seq += 1
         return event
+
+    def _check_arguments(self, command: _Command, event: Event, seq: int) -> None:
+        """A step or child must be called with the arguments its journal record holds."""
+        if isinstance(command, _StepCommand):
+            expected = command.input
+        elif isinstance(command, _ChildCommand):
+            expected = command.journal_input(seq)
+        else:
+            return
+        if expected == event.input:
+            return
+        journaled = (
+            self._decode(event.input, f"the arguments at seq {seq}") if event.input else None
+        )
+        asked = self._decode(expected, f"the arguments asked for at seq {seq}")
+        if journaled == asked:
+            return  # encoded differently (e.g. another serializer version), same values
+        raise NonDeterminismError(
+            f"{self.label} does not replay its journal: at seq {seq} the journal holds "
+            f"{_describe(event)} called with {_call(journaled)} but the code calls it with "
+            f"{_call(asked)}. Values that change between passes (the clock, random numbers) "
+            f"must come from ctx.now(), ctx.uuid4() or ctx.run(...). {_FIX}"
+        )
 
     def _issued(self, command: _Command) -> Event:
         """The event ``command`` got when it was issued earlier in this pass."""
@@ -473,10 +537,36 @@ class _Pass:
         """A pending child: its outcome once the child has ended, else still pending."""
         child_id = self._event_input(event, decode_child_id, "the child id of the child workflow")
         child = self.children.get(child_id)
+        if child is not None:
+            owner = self._foreign_owner(event, child)
+            if owner is not None:
+                failure = Failure(
+                    "WorkflowIdConflict",
+                    f"child workflow id {child_id!r} already belongs to {owner}; pass "
+                    "ctx.child(..., workflow_id=...) an id of its own",
+                )
+                conflict = dataclasses.replace(
+                    event, state=State.FAILED, output=None, failure=failure, completed_at=self.now
+                )
+                return _Part(event, self._outcome_of(conflict), resolved=conflict)
         ended = child_outcome(event, child, self.now)
         if ended is None:
             return _Part(event)
         return _Part(event, self._outcome_of(ended), resolved=ended, child=child)
+
+    def _foreign_owner(self, event: Event, child: Instance) -> str | None:
+        """Who owns ``child`` if not this CHILD event: another parent, another workflow,
+        or the same workflow started with other arguments; ``None`` if it is ours."""
+        if child.parent_id != self.instance.id:
+            parent = "no parent" if child.parent_id is None else f"parent {child.parent_id!r}"
+            return f"instance {child.id!r} of workflow {child.workflow!r} ({parent})"
+        if child.workflow != event.name:
+            return f"a child of workflow {child.workflow!r}, not {event.name!r}"
+        if child.run == 1 and event.input is not None:  # a later run has other arguments
+            [[_child_id, *args], kwargs] = self._decode(event.input, "the child's arguments")
+            if self._decode(child.input, "the child instance's input") != [args, kwargs]:
+                return f"a child of workflow {child.workflow!r} started with other arguments"
+        return None
 
     def _keep(self, part: _Part) -> _Part:
         """Journal what the pass resolved for ``part`` (a timer fired, a signal wait).
@@ -557,16 +647,21 @@ class _Pass:
         try:
             output = self.codec.dumps(result)
         except Exception as exc:
-            failure = Failure(
-                "SerializationError",
-                f"{self.label} returned a value of type {type(result).__name__!r} that the "
-                f"{self.codec.name!r} serializer cannot encode: {exc}",
-            )
-            return self._decision(Status.FAILED, failure=failure)
+            raise _Stuck(
+                Failure(
+                    "SerializationError",
+                    f"{self.label} returned a value of type {type(result).__name__!r} that "
+                    f"the {self.codec.name!r} serializer cannot encode: {exc}; return plain "
+                    "data, then retry the instance",
+                )
+            ) from exc
         return self._decision(Status.COMPLETED, output=output)
 
     def _failed(self, exc: Exception) -> Decision:
         self._check_consumed(f"raised {type(exc).__name__} after {self.cursor.seq} commands")
+        if not self.ctx._fails_workflow(exc):
+            # A bug, not a journaled outcome: park, journal nothing of this pass.
+            raise _Stuck(_with_notes(Failure.from_exception(exc), exc))
         if isinstance(exc, StepFailed):
             # A step's failure the workflow let through: the instance fails with the
             # step's own type ("TransferFailed"), as the seed's ProcessException.Type did.
@@ -603,6 +698,7 @@ class _Pass:
             consumed=self.consumed,
             custom_status=self.cursor.custom_status,
             children=self.started,
+            awaited_children=self.awaited_children,
         )
 
     def _check_consumed(self, ended: str) -> None:

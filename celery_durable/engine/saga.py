@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 _NOT_COMPENSATED = (GeneratorExit, KeyboardInterrupt, SystemExit, _ContinueAsNew)
 """Exceptions that are not the workflow's failure: the engine closing a suspended
 workflow (``GeneratorExit``), the process going down, or ``ctx.continue_as_new()``.
-(``WorkflowCancelled`` is compensated for: a cancelled saga rolls back.)"""
+(``WorkflowCancelled`` is compensated for: a cancelled saga rolls back.) Nor is a bug:
+an exception that would park the instance as ``stuck`` rather than fail it (see
+``@durable.workflow(failure_exceptions=...)``) runs no compensation."""
 
 
 class Saga:
@@ -62,6 +64,11 @@ class Saga:
         traceback: TracebackType | None,
     ) -> None:
         if exc is None or isinstance(exc, _NOT_COMPENSATED):
+            return
+        if not isinstance(exc, WorkflowCancelled) and not self._ctx._fails_workflow(exc):
+            # A bug (not a journaled failure): the instance parks as stuck with nothing of
+            # this pass journaled, and the fixed code resumes it. Compensating here would
+            # journal a rollback that the fixed code never asks for.
             return
         failures: list[tuple[str, StepFailed]] = []
         interrupted = False

@@ -84,9 +84,18 @@ def instance(codec: JsonCodec) -> Callable[..., Instance]:
     return build
 
 
+_CALL: Any = object()
+"""``event(input=...)`` not given: the input is encoded from ``args`` and ``kwargs``."""
+
+
 @pytest.fixture
 def event(codec: JsonCodec) -> Callable[..., Event]:
-    """Build a journal event; ``output`` is given decoded, ``failure`` as a Failure."""
+    """Build a journal event; ``output`` is given decoded, ``failure`` as a Failure.
+
+    The event's input is the encoded ``[args, kwargs]`` the step was called with (replay
+    checks it against the arguments the code passes), or ``input`` verbatim (an encoded
+    string, or ``None``) when given.
+    """
 
     def build(
         seq: int,
@@ -97,12 +106,16 @@ def event(codec: JsonCodec) -> Callable[..., Event]:
         output: Any = None,
         failure: Failure | None = None,
         at: datetime = T0,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        input: Any = _CALL,  # noqa: A002
     ) -> Event:
+        encoded = codec.dumps([list(args), kwargs or {}]) if input is _CALL else input
         return Event(
             seq=seq,
             kind=kind,
             name=name,
-            input=codec.dumps([[], {}]),
+            input=encoded,
             state=state,
             scheduled_at=at,
             output=codec.dumps(output) if state is State.COMPLETED else None,

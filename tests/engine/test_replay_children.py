@@ -45,19 +45,26 @@ def child(
     output: Any = None,
     failure: Failure | None = None,
     workflow: str = "bank.transfer",
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    parent_id: str | None = "wf-1",
 ) -> Instance:
     return Instance(
         id=child_id,
         workflow=workflow,
         status=status,
-        input=codec.dumps([[], {}]),
+        input=codec.dumps([list(args), kwargs or {}]),
         serializer=codec.name,
         created_at=NOW,
         updated_at=LATER,
         output=codec.dumps(output) if status is Status.COMPLETED else None,
         failure=failure,
-        parent_id="wf-1",
+        parent_id=parent_id,
     )
+
+
+PAY_ARGS: dict[str, Any] = {"args": ("acc-1",), "kwargs": {"amount": 10}}
+"""The arguments ``pay`` starts its child with."""
 
 
 def run(
@@ -112,7 +119,7 @@ def test_running_or_unknown_child_keeps_the_parent_waiting(
 ) -> None:
     journal = commit([], run(pay, instance, codec, []))
 
-    for children in ({}, {"wf-1:0": child(codec, "wf-1:0", Status.RUNNING)}):
+    for children in ({}, {"wf-1:0": child(codec, "wf-1:0", Status.RUNNING, **PAY_ARGS)}):
         decision = run(pay, instance, codec, journal, children)
         assert (decision.status, decision.new_events, decision.fired, decision.children) == (
             Status.RUNNING,
@@ -124,7 +131,7 @@ def test_running_or_unknown_child_keeps_the_parent_waiting(
 
 def test_completed_child_gives_its_result(instance: MakeInstance, codec: Any) -> None:
     journal = commit([], run(pay, instance, codec, []))
-    children = {"wf-1:0": child(codec, "wf-1:0", Status.COMPLETED, output={"tx": 7})}
+    children = {"wf-1:0": child(codec, "wf-1:0", Status.COMPLETED, output={"tx": 7}, **PAY_ARGS)}
 
     decision = run(pay, instance, codec, journal, children)
 
@@ -186,7 +193,8 @@ def test_cancelled_child_raises_step_failed_workflow_cancelled(
 
 def test_stuck_child_keeps_the_parent_waiting(instance: MakeInstance, codec: Any) -> None:
     journal = commit([], run(pay, instance, codec, []))
-    children = {"wf-1:0": child(codec, "wf-1:0", Status.STUCK, failure=Failure("X", "y"))}
+    stuck = child(codec, "wf-1:0", Status.STUCK, failure=Failure("X", "y"), **PAY_ARGS)
+    children = {"wf-1:0": stuck}
 
     assert run(pay, instance, codec, journal, children).fired == []
 
@@ -199,13 +207,13 @@ def test_two_children_in_parallel_with_gather(instance: MakeInstance, codec: Any
     assert [(c.seq, c.workflow_id) for c in decision.children] == [(0, "wf-1:0"), (1, "wf-1:1")]
     journal = commit([], decision)
 
-    one_done = {"wf-1:1": child(codec, "wf-1:1", Status.COMPLETED, output="b")}
+    one_done = {"wf-1:1": child(codec, "wf-1:1", Status.COMPLETED, output="b", args=(2,))}
     half = run(wf, instance, codec, journal, one_done)
     assert half.status is Status.RUNNING
     assert [e.seq for e in half.fired] == [1]
     journal = commit(journal, half)
 
-    both = {**one_done, "wf-1:0": child(codec, "wf-1:0", Status.COMPLETED, output="a")}
+    both = {**one_done, "wf-1:0": child(codec, "wf-1:0", Status.COMPLETED, output="a", args=(1,))}
     ended = run(wf, instance, codec, journal, both)
     assert (ended.status, codec.loads(ended.output or "")) == (Status.COMPLETED, ["a", "b"])
     assert [e.seq for e in ended.fired] == [0]

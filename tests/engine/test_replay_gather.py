@@ -315,7 +315,7 @@ def test_changed_part_inside_a_gather_is_stuck(
     instance: MakeInstance, codec: Any, event: MakeEvent
 ) -> None:
     journal = [
-        event(0, "shop.reserve", State.SCHEDULED),
+        event(0, "shop.reserve", State.SCHEDULED, args=("w-1", 1)),
         event(1, "shop.refund", State.SCHEDULED),
         event(2, "shop.ship", State.SCHEDULED),
     ]
@@ -336,7 +336,7 @@ def test_gather_of_more_parts_than_the_journal_holds_issues_the_new_ones(
     instance: MakeInstance, codec: Any, event: MakeEvent
 ) -> None:
     # the journal ends inside the gather (as after a code change that added parts)
-    journal = [event(0, "shop.reserve", State.SCHEDULED)]
+    journal = [event(0, "shop.reserve", State.SCHEDULED, args=("w-1", 1))]
 
     decision = replay(order, instance("w-1"), journal, codec=codec, now=NOW)
 

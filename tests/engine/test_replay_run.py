@@ -66,7 +66,9 @@ def test_run_executes_once_on_the_first_pass_and_is_journaled(
         instance(),
         [
             *decision.new_events[:1],
-            Event(1, Kind.STEP, "mail.send", None, State.COMPLETED, NOW, output='"sent"'),
+            Event(
+                1, Kind.STEP, "mail.send", '[["tok-1"], {}]', State.COMPLETED, NOW, output='"sent"'
+            ),
         ],
         codec=codec,
         now=NOW,

@@ -79,8 +79,17 @@ def run(
     journal: list[Event],
     now: datetime = NOW,
     signals: Sequence[Signal] = (),
+    failure_exceptions: tuple[type[BaseException], ...] = (),
 ) -> Decision:
-    return replay(wf, instance(), journal, codec=codec, now=now, signals=signals)
+    return replay(
+        wf,
+        instance(),
+        journal,
+        codec=codec,
+        now=now,
+        signals=signals,
+        failure_exceptions=failure_exceptions,
+    )
 
 
 def output(codec: Any, decision: Decision) -> Any:
@@ -309,11 +318,18 @@ def test_signal_received_in_a_pass_where_the_workflow_fails_is_consumed(
         await ctx.wait_signal("go")
         raise LookupError("gone")
 
-    decision = run(wf, instance, codec, [wait(codec, 0, "go")], signals=[sig(4, "go")])
+    journal = [wait(codec, 0, "go")]
+    inbox = [sig(4, "go")]
+    decision = run(wf, instance, codec, journal, signals=inbox, failure_exceptions=(LookupError,))
 
     assert decision.status is Status.FAILED
     assert decision.consumed == [(4, 0)]
     assert [e.seq for e in decision.fired] == [0]
+
+    # Unlisted, the same exception is a bug: the pass parks and the signal stays unread.
+    parked = run(wf, instance, codec, journal, signals=inbox)
+    assert parked.status is Status.STUCK
+    assert (parked.consumed, parked.fired, parked.new_events) == ([], [], [])
 
 
 def test_stuck_pass_consumes_nothing(instance: MakeInstance, codec: Any) -> None:
@@ -393,8 +409,9 @@ def test_deadline_passed_raises_signal_timeout_and_journals_it(
 
 def test_deadline_reached_exactly_times_out(instance: MakeInstance, codec: Any) -> None:
     journal = registration_waiting(instance, codec)
+    inst = instance("ann@example.com")
 
-    decision = replay(registration, instance("a"), journal, codec=codec, now=NOW + 3 * DAY)
+    decision = replay(registration, inst, journal, codec=codec, now=NOW + 3 * DAY)
 
     assert [(e.seq, e.state) for e in decision.fired] == [(2, State.FAILED)]
 
@@ -405,9 +422,9 @@ def test_signal_in_the_inbox_wins_over_a_passed_deadline(
     journal = registration_waiting(instance, codec)
     inbox = [sig(1, "verified", None, at=NOW + 3 * DAY - MIN)]
 
-    decision = replay(
-        registration, instance("a"), journal, codec=codec, now=NOW + 4 * DAY, signals=inbox
-    )
+    inst = instance("ann@example.com")
+
+    decision = replay(registration, inst, journal, codec=codec, now=NOW + 4 * DAY, signals=inbox)
 
     assert decision.consumed == [(1, 2)]
     assert [(e.seq, e.state) for e in decision.fired] == [(2, State.COMPLETED)]

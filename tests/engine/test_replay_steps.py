@@ -48,6 +48,11 @@ async def money_transfer(ctx: WorkflowContext, src: str, dst: str, amount: int) 
         raise
 
 
+ALICE = ("alice", -100)
+BOB = ("bob", 100)
+"""The arguments of money_transfer("alice", "bob", 100)'s two bookings."""
+
+
 def run_transfer(instance: MakeInstance, codec: Any, events: list[Event]) -> Any:
     return replay(money_transfer, instance("alice", "bob", 100), events, codec=codec, now=NOW)
 
@@ -74,7 +79,7 @@ def test_first_pass_schedules_step_zero_and_stops(instance: MakeInstance, codec:
 def test_completed_step_is_replayed_and_the_next_one_scheduled(
     instance: MakeInstance, codec: Any, event: MakeEvent
 ) -> None:
-    journal = [event(0, "bank.start_transfer", output="T-1", at=EARLIER)]
+    journal = [event(0, "bank.start_transfer", output="T-1", at=EARLIER, args=ALICE)]
 
     decision = run_transfer(instance, codec, journal)
 
@@ -89,8 +94,8 @@ def test_workflow_completes_with_its_encoded_result(
     instance: MakeInstance, codec: Any, event: MakeEvent
 ) -> None:
     journal = [
-        event(0, "bank.start_transfer", output="T-1"),
-        event(1, "bank.start_transfer", output="T-2"),
+        event(0, "bank.start_transfer", output="T-1", args=ALICE),
+        event(1, "bank.start_transfer", output="T-2", args=BOB),
     ]
 
     decision = run_transfer(instance, codec, journal)
@@ -119,8 +124,8 @@ def test_failed_step_raises_step_failed_and_compensation_is_scheduled(
     instance: MakeInstance, codec: Any, event: MakeEvent
 ) -> None:
     journal = [
-        event(0, "bank.start_transfer", output="T-1"),
-        event(1, "bank.start_transfer", State.FAILED, failure=TRANSFER_FAILED),
+        event(0, "bank.start_transfer", output="T-1", args=ALICE),
+        event(1, "bank.start_transfer", State.FAILED, failure=TRANSFER_FAILED, args=BOB),
     ]
 
     decision = run_transfer(instance, codec, journal)
@@ -136,9 +141,9 @@ def test_workflow_fails_after_compensation_with_the_reraised_step_failure(
     instance: MakeInstance, codec: Any, event: MakeEvent
 ) -> None:
     journal = [
-        event(0, "bank.start_transfer", output="T-1"),
-        event(1, "bank.start_transfer", State.FAILED, failure=TRANSFER_FAILED),
-        event(2, "bank.rollback_transfer", output=None),
+        event(0, "bank.start_transfer", output="T-1", args=ALICE),
+        event(1, "bank.start_transfer", State.FAILED, failure=TRANSFER_FAILED, args=BOB),
+        event(2, "bank.rollback_transfer", output=None, args=("alice", "T-1")),
     ]
 
     decision = run_transfer(instance, codec, journal)
@@ -171,24 +176,27 @@ def test_step_failed_carries_the_journaled_failure(
     assert decision.output == '"handled"'
 
 
-def test_unhandled_exception_fails_the_workflow(
+def test_unhandled_exception_is_a_bug_that_parks_the_workflow(
     instance: MakeInstance, codec: Any, event: MakeEvent
 ) -> None:
     async def wf(ctx: WorkflowContext) -> None:
         value = await ctx.step("s")
+        await ctx.run(str, value)  # run in this pass, yet not journaled: the pass parks
         raise ValueError(f"bad value {value}")
 
     decision = replay(wf, instance(), [event(0, "s", output=7)], codec=codec, now=NOW)
 
-    assert decision.status is Status.FAILED
+    assert decision.status is Status.STUCK
     assert decision.failure is not None
     assert decision.failure.type == "ValueError"
     assert decision.failure.message == "bad value 7"
     assert decision.failure.details is not None
+    assert "Traceback" in decision.failure.details
     assert "bad value 7" in decision.failure.details
+    assert (decision.new_events, decision.steps, decision.fired) == ([], [], [])
 
 
-def test_wrong_input_for_the_signature_fails_the_workflow(
+def test_wrong_input_for_the_signature_parks_the_workflow(
     instance: MakeInstance, codec: Any
 ) -> None:
     async def wf(ctx: WorkflowContext, a: int) -> int:
@@ -196,7 +204,8 @@ def test_wrong_input_for_the_signature_fails_the_workflow(
 
     decision = replay(wf, instance(1, 2), [], codec=codec, now=NOW)
 
-    assert decision.status is Status.FAILED
+    assert decision.status is Status.STUCK
+    assert decision.new_events == []
     assert decision.failure is not None
     assert decision.failure.type == "TypeError"
 
@@ -217,8 +226,8 @@ def test_pending_step_blocks_without_new_events(
 ) -> None:
     for state in (State.SCHEDULED, State.STARTED):
         journal = [
-            event(0, "bank.start_transfer", output="T-1"),
-            event(1, "bank.start_transfer", state),
+            event(0, "bank.start_transfer", output="T-1", args=ALICE),
+            event(1, "bank.start_transfer", state, args=BOB),
         ]
 
         decision = run_transfer(instance, codec, journal)
@@ -250,7 +259,7 @@ def test_unserializable_step_argument_raises_at_the_call_site(
     assert decision.steps == [ScheduleStep(0, "t", (1,), {})]
 
 
-def test_unserializable_step_argument_uncaught_fails_the_workflow(
+def test_unserializable_step_argument_uncaught_parks_the_workflow(
     instance: MakeInstance, codec: Any
 ) -> None:
     async def wf(ctx: WorkflowContext) -> None:
@@ -258,7 +267,7 @@ def test_unserializable_step_argument_uncaught_fails_the_workflow(
 
     decision = replay(wf, instance(), [], codec=codec, now=NOW)
 
-    assert decision.status is Status.FAILED
+    assert decision.status is Status.STUCK
     assert decision.failure is not None
     assert decision.failure.type == "SerializationError"
     assert decision.new_events == []
@@ -290,18 +299,20 @@ def test_resolve_step_names_the_step(instance: MakeInstance, codec: Any) -> None
     assert decision.steps == [ScheduleStep(0, "fn.len", (), {})]
 
 
-def test_unserializable_result_fails_the_workflow(instance: MakeInstance, codec: Any) -> None:
+def test_unserializable_result_parks_the_workflow(instance: MakeInstance, codec: Any) -> None:
     async def wf(ctx: WorkflowContext) -> object:
+        await ctx.run(str, 1)  # run in this pass, yet not journaled: the pass parks
         return object()
 
     decision = replay(wf, instance(workflow="shop.order"), [], codec=codec, now=NOW)
 
-    assert decision.status is Status.FAILED
+    assert decision.status is Status.STUCK
     assert decision.failure is not None
     assert decision.failure.type == "SerializationError"
     assert "'shop.order'" in decision.failure.message
     assert "returned a value of type 'object' that the 'json'" in decision.failure.message
     assert decision.output is None
+    assert decision.new_events == []
 
 
 def test_command_cannot_be_awaited_twice(instance: MakeInstance, codec: Any) -> None:
@@ -313,7 +324,7 @@ def test_command_cannot_be_awaited_twice(instance: MakeInstance, codec: Any) -> 
     journal = [Event(0, Kind.STEP, "s", "[[], {}]", State.COMPLETED, NOW, output="1")]
     decision = replay(wf, instance(), journal, codec=codec, now=NOW)
 
-    assert decision.status is Status.FAILED
+    assert decision.status is Status.STUCK  # a bug in the workflow code, not its failure
     assert decision.failure is not None
     assert decision.failure.type == "RuntimeError"
     assert "already awaited" in decision.failure.message

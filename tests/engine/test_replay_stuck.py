@@ -79,7 +79,7 @@ def test_stuck_pass_commits_nothing_even_after_a_new_run(
         await ctx.run(calls.append, 1)
         await asyncio.sleep(0)
 
-    journal = [Event(0, Kind.STEP, "a", None, State.COMPLETED, NOW, output="1")]
+    journal = [Event(0, Kind.STEP, "a", "[[], {}]", State.COMPLETED, NOW, output="1")]
     decision = replay(wf, instance(), journal, codec=codec, now=NOW)
 
     assert calls == [1]  # the run did execute in this pass ...
@@ -180,7 +180,7 @@ def test_undecodable_step_result_is_stuck(instance: MakeInstance, codec: Any) ->
     async def wf(ctx: WorkflowContext) -> None:
         await ctx.step("a")
 
-    journal = [Event(0, Kind.STEP, "a", None, State.COMPLETED, NOW, output="{not json")]
+    journal = [Event(0, Kind.STEP, "a", "[[], {}]", State.COMPLETED, NOW, output="{not json")]
     message = assert_stuck(
         replay(wf, instance(), journal, codec=codec, now=NOW), "SerializationError"
     )

@@ -15,7 +15,7 @@ import pytest
 from celery_durable.engine import WorkflowContext, replay
 from celery_durable.engine.commands import Decision, ScheduleStep
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
-from celery_durable.errors import SerializationError, StepFailed
+from celery_durable.errors import SerializationError, StepFailed, WorkflowCancelled
 
 NOW = datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
 TRANSFER_FAILED = Failure("TransferFailed", "insufficient funds", "Traceback (remote) ...")
@@ -52,13 +52,19 @@ def failed(journal: list[Event], seq: int, failure: Failure) -> list[Event]:
 
 
 def drive(
-    wf: Any, inst: Instance, codec: Any, outcomes: dict[int, Any]
+    wf: Any,
+    inst: Instance,
+    codec: Any,
+    outcomes: dict[int, Any],
+    failure_exceptions: tuple[type[BaseException], ...] = (),
 ) -> tuple[Decision, list[Event]]:
     """Run passes until the workflow ends, journaling ``outcomes[seq]`` for each step sent
     (a Failure fails it, anything else is its result)."""
     journal: list[Event] = []
     for _ in range(20):
-        decision = replay(wf, inst, journal, codec=codec, now=NOW)
+        decision = replay(
+            wf, inst, journal, codec=codec, now=NOW, failure_exceptions=failure_exceptions
+        )
         journal = commit(journal, decision)
         if decision.status is not Status.RUNNING:
             return decision, journal
@@ -92,9 +98,10 @@ def test_transfer_failure_rolls_back_the_first_booking_then_fails(
     instance: MakeInstance, codec: Any
 ) -> None:
     inst = instance("alice", "bob", 100)
-    journal = [Event(0, Kind.STEP, "bank.start_transfer", "[]", State.COMPLETED, NOW, '"t-1"')]
+    alice, bob = '[["alice", -100], {}]', '[["bob", 100], {}]'
+    journal = [Event(0, Kind.STEP, "bank.start_transfer", alice, State.COMPLETED, NOW, '"t-1"')]
     journal.append(
-        Event(1, Kind.STEP, "bank.start_transfer", "[]", State.FAILED, NOW, None, TRANSFER_FAILED)
+        Event(1, Kind.STEP, "bank.start_transfer", bob, State.FAILED, NOW, None, TRANSFER_FAILED)
     )
 
     # the second booking failed: the compensation of the first is sent, nothing else
@@ -249,14 +256,18 @@ def test_uncaught_failure_reports_the_compensation_failures_in_its_details(
     )
 
 
-def test_any_exception_triggers_compensation(instance: MakeInstance, codec: Any) -> None:
+def test_a_listed_failure_exception_triggers_compensation(
+    instance: MakeInstance, codec: Any
+) -> None:
     async def wf(ctx: WorkflowContext) -> None:
         async with ctx.saga() as saga:
             await ctx.step("reserve")
             saga.compensate("release")
             raise ValueError("bad address")
 
-    decision, journal = drive(wf, instance(), codec, {1: ROLLBACK_FAILED})
+    decision, journal = drive(
+        wf, instance(), codec, {1: ROLLBACK_FAILED}, failure_exceptions=(ValueError,)
+    )
 
     assert [(e.name, e.state) for e in journal] == [
         ("reserve", State.COMPLETED),
@@ -268,19 +279,15 @@ def test_any_exception_triggers_compensation(instance: MakeInstance, codec: Any)
     assert decision.failure.details.count("step 'release': RollbackFailed: ledger offline") == 1
 
 
-class Cancelled(BaseException):
-    """Stands in for WorkflowCancelled, which is not an Exception."""
-
-
-def test_base_exception_like_a_cancellation_triggers_compensation(
-    instance: MakeInstance, codec: Any
-) -> None:
+def test_a_cancellation_triggers_compensation(instance: MakeInstance, codec: Any) -> None:
+    # WorkflowCancelled is not an Exception (user code does not swallow it), yet a
+    # cancelled saga rolls back
     async def wf(ctx: WorkflowContext) -> str:
         try:
             async with ctx.saga() as saga:
                 saga.compensate("release")
-                raise Cancelled
-        except Cancelled:
+                raise WorkflowCancelled
+        except WorkflowCancelled:
             return "cancelled"
 
     decision, journal = drive(wf, instance(), codec, {})

@@ -164,7 +164,7 @@ def test_logger_is_quiet_during_replay(
     assert record.workflow_name == "wf"  # type: ignore[attr-defined]
     caplog.clear()
 
-    journal.append(Event(1, journal[0].kind, "b", None, State.COMPLETED, T2, output="null"))
+    journal.append(Event(1, journal[0].kind, "b", "[[], {}]", State.COMPLETED, T2, output="null"))
     decision = replay(chatty, instance(), journal, codec=codec, now=T3)
     assert decision.status is Status.COMPLETED
     assert [r.getMessage() for r in caplog.records] == ["leaving"]
