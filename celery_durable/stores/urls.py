@@ -11,7 +11,15 @@ from sqlalchemy.engine import make_url
 
 from celery_durable.errors import ConfigurationError
 
-_POSTGRES_HINT = "install the driver: pip install 'celery-durable[postgres]'"
+_PSYCOPG3 = "pip install 'celery-durable[postgres]'"
+# What to install for a missing PostgreSQL driver, by the URL's driver name.
+_POSTGRES_HINTS = {
+    "psycopg": f"install the driver (psycopg 3): {_PSYCOPG3}",
+    "psycopg2": (
+        "install the driver (psycopg2): pip install psycopg2-binary; or switch to "
+        f"psycopg 3 with a 'postgresql+psycopg://' URL and {_PSYCOPG3}"
+    ),
+}
 
 
 def parse_url(raw: str) -> URL:
@@ -43,11 +51,13 @@ def parse_url(raw: str) -> URL:
     try:
         dialect.import_dbapi()
     except ImportError as exc:
-        hint = (
-            _POSTGRES_HINT
-            if url.get_backend_name() == "postgresql"
-            else f"install the driver for {url.drivername!r} ({exc})"
-        )
+        hint = f"install the driver for {url.drivername!r} ({exc})"
+        if url.get_backend_name() == "postgresql":
+            hint = _POSTGRES_HINTS.get(
+                url.get_driver_name(),
+                f"{hint}; or switch to psycopg 3 with a 'postgresql+psycopg://' URL and "
+                f"{_PSYCOPG3}",
+            )
         raise ConfigurationError(
             f"store URL {mask(url)}: the database driver is not installed; {hint}"
         ) from exc
