@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from celery_durable.client import HistoryEvent
+from celery_durable.client import HistoryEvent, WorkflowInfo
 from celery_durable.engine.journal import Failure, Instance, State, Status
 from celery_durable.errors import DurableError, WorkflowNotFound
 from celery_durable.runtime.durable import Durable, runtime_of
@@ -62,14 +62,14 @@ def list_(
     runtime: Durable, status: str | None, workflow: str | None, limit: int, as_json: bool
 ) -> None:
     """List workflow instances, newest first."""
-    instances = runtime.list(status=status, workflow=workflow, limit=limit)
+    infos = runtime.list(status=status, workflow=workflow, limit=limit)
     if as_json:
-        _print_json([_instance_summary(i) for i in instances])
-    elif not instances:
+        _print_json([_info_data(i) for i in infos])
+    elif not infos:
         click.echo("no workflow instances")
     else:
         header = ["ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED", "ERROR"]
-        _print_table(header, [_instance_row(i) for i in instances])
+        _print_table(header, [_info_row(i) for i in infos])
 
 
 @durable.command()
@@ -218,10 +218,10 @@ def _failure(failure: Failure) -> str:
     return f"{failure.type}: {failure.message}" if failure.message else failure.type
 
 
-def _instance_row(instance: Instance) -> list[str]:
-    error = instance.failure.type if instance.failure else ""
-    created, updated = _time(instance.created_at), _time(instance.updated_at)
-    return [instance.id, instance.workflow, instance.status.value, created, updated, error]
+def _info_row(info: WorkflowInfo) -> list[str]:
+    error = info.error.type if info.error else ""
+    created, updated = _time(info.created_at), _time(info.updated_at)
+    return [info.id, info.workflow, info.status.value, created, updated, error]
 
 
 def _event_row(event: HistoryEvent) -> list[str]:
@@ -257,6 +257,25 @@ def _instance_summary(instance: Instance) -> dict[str, Any]:
         "created_at": instance.created_at,
         "updated_at": instance.updated_at,
         "error": instance.failure.to_dict() if instance.failure else None,
+    }
+
+
+def _info_data(info: WorkflowInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "workflow": info.workflow,
+        "status": info.status.value,
+        "created_at": info.created_at,
+        "updated_at": info.updated_at,
+        "error": info.error.to_dict() if info.error else None,
+        "args": info.args,
+        "kwargs": info.kwargs,
+        "result": info.result,
+        "custom_status": info.custom,
+        "wake_at": info.wake_at,
+        "parent_id": info.parent_id,
+        "run": info.run,
+        "note": info.note,
     }
 
 

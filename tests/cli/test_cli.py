@@ -194,8 +194,20 @@ def test_list_filters_and_json(celery: Celery, store: Store) -> None:
                 "message": "boom",
                 "details": "Traceback (most recent call last):\nValueError: boom",
             },
+            "args": [2, 3],
+            "kwargs": {},
+            "result": None,
+            "custom_status": None,
+            "wake_at": None,
+            "parent_id": None,
+            "run": 1,
+            "note": None,
         }
     ]
+    (done,) = json.loads(
+        celery("-A", "cliapp", "durable", "list", "--json", "--status", "completed").stdout
+    )
+    assert (done["id"], done["args"], done["result"]) == ("done", [2, 3], 5)
 
 
 def test_show_prints_the_instance_and_its_decoded_journal(celery: Celery, store: Store) -> None:

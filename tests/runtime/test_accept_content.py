@@ -107,7 +107,7 @@ def test_a_pickle_row_in_a_json_app_is_refused_and_never_unpickled(
 
     handle = durable.handle("evil")
     refused = "'pickle' serializer are not accepted.*add 'pickle' to app.conf.durable_accept"
-    for read in (handle.result, handle.status, handle.history):
+    for read in (handle.result, handle.status, handle.history, durable.list):
         with pytest.raises(SerializationError, match=refused):
             read()
     with pytest.raises(SerializationError, match="not accepted"):
@@ -150,6 +150,12 @@ def test_an_app_that_chose_pickle_runs_end_to_end(app: Celery, worker: Any) -> N
             ("book",),
             Money("EUR", 400),
             Money("EUR", 5),
+        )
+        (info,) = durable.list()
+        assert (info.args, info.result, info.custom) == (
+            ("book",),
+            Money("EUR", 405),
+            Money("EUR", 400),
         )
     finally:
         durable.store.close()
