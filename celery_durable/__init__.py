@@ -20,7 +20,13 @@ exactly where it left off after any crash::
     pay.delay("alice", 10).result(timeout=30)
 """
 
-from celery_durable.client import HistoryEvent, WorkflowHandle, WorkflowInfo, WorkflowStatus
+from celery_durable.client import (
+    HistoryEvent,
+    PendingSignal,
+    WorkflowHandle,
+    WorkflowInfo,
+    WorkflowStatus,
+)
 from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Failure, Status
 from celery_durable.errors import (
@@ -48,6 +54,7 @@ __all__ = [
     "Failure",
     "HistoryEvent",
     "NonDeterminismError",
+    "PendingSignal",
     "SchemaVersionError",
     "SerializationError",
     "SignalTimeout",

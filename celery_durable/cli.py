@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from celery_durable.client import HistoryEvent, WorkflowInfo
-from celery_durable.engine.journal import Failure, Instance, State, Status
+from celery_durable.engine.journal import Failure, State, Status
 from celery_durable.errors import DurableError, WorkflowNotFound
 from celery_durable.runtime.durable import Durable, runtime_of
 
@@ -77,57 +77,61 @@ def list_(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @pass_durable
 def show(runtime: Durable, workflow_id: str, as_json: bool) -> None:
-    """Show one instance and its decoded journal."""
+    """Show one instance, the signals waiting in its inbox and its decoded journal."""
     instance = runtime.store.get(workflow_id)
     if instance is None:
         raise WorkflowNotFound(f"no workflow instance with id {workflow_id!r} in the store")
-    history = runtime.handle(workflow_id).history()
-    codec = runtime.codec(instance.serializer)
-    args, kwargs = codec.loads(instance.input)
-    result = codec.loads(instance.output) if instance.output is not None else None
-    custom = codec.loads(instance.custom_status) if instance.custom_status is not None else None
+    info = WorkflowInfo.from_instance(instance, runtime.codec(instance.serializer))
+    handle = runtime.handle(workflow_id)
+    pending = handle.status().pending_signals
+    history = handle.history()
     if as_json:
-        data = _instance_summary(instance) | {
-            "args": args,
-            "kwargs": kwargs,
-            "result": result,
-            "custom_status": custom,
-            "wake_at": instance.wake_at,
-            "parent_id": instance.parent_id,
+        data = _info_data(info) | {
             "version": instance.version,
+            "pending_signals": [
+                {"name": p.name, "payload": p.payload, "sent_at": p.sent_at} for p in pending
+            ],
             "journal": [_event_data(e) for e in history],
         }
         _print_json(data)
         return
-    registered = "" if instance.workflow in runtime.workflows else "  (not registered here)"
+    registered = "" if info.workflow in runtime.workflows else "  (not registered here)"
     fields = [
-        ("id", instance.id),
-        ("workflow", instance.workflow + registered),
-        ("status", instance.status.value),
-        ("created", _time(instance.created_at)),
-        ("updated", _time(instance.updated_at)),
+        ("id", info.id),
+        ("workflow", info.workflow + registered),
+        ("status", info.status.value),
+        ("run", str(info.run)),
+        ("created", _time(info.created_at)),
+        ("updated", _time(info.updated_at)),
         ("version", str(instance.version)),
-        ("input", _call(args, kwargs, cut=False)),
+        ("input", _call(info.args, info.kwargs, cut=False)),
     ]
-    if instance.status is Status.COMPLETED:
-        fields.append(("result", repr(result)))
-    if instance.failure is not None:
-        fields.append(("error", _failure(instance.failure)))
-    if instance.wake_at is not None:
-        fields.append(("wake at", _time(instance.wake_at)))
-    if custom is not None:
-        fields.append(("custom status", repr(custom)))
-    if instance.parent_id is not None:
-        fields.append(("parent", instance.parent_id))
+    if info.note is not None:
+        fields.append(("note", info.note))
+    if info.status is Status.COMPLETED:
+        fields.append(("result", repr(info.result)))
+    if info.error is not None:
+        fields.append(("error", _failure(info.error)))
+    if info.wake_at is not None:
+        fields.append(("wake at", _time(info.wake_at)))
+    if info.custom is not None:
+        fields.append(("custom status", repr(info.custom)))
+    if info.parent_id is not None:
+        fields.append(("parent", info.parent_id))
     for key, value in fields:
         click.echo(f"{key + ':':<15}{value}")
+    if pending:
+        # Sent, and no ctx.wait_signal has taken them (yet): often a misspelt name.
+        click.echo(f"\npending signals ({len(pending)}):")
+        rows = [[p.name, _cut(repr(p.payload)), _time(p.sent_at)] for p in pending]
+        _print_table(["NAME", "PAYLOAD", "SENT"], rows)
     click.echo(f"\njournal ({len(history)} event{'' if len(history) == 1 else 's'}):")
     if history:
         header = ["SEQ", "KIND", "NAME", "ARGS", "STATE", "RESULT / ERROR", "ATTEMPTS"]
         header += ["SCHEDULED", "STARTED", "COMPLETED"]
         _print_table(header, [_event_row(e) for e in history])
-    if instance.failure is not None and instance.failure.details:
-        click.echo("\ntraceback:\n" + instance.failure.details.rstrip())
+    if info.error is not None and info.error.details:
+        click.echo("\ntraceback:\n" + info.error.details.rstrip())
 
 
 @durable.command()
@@ -249,17 +253,6 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 # -- JSON ----------------------------------------------------------------------------
-def _instance_summary(instance: Instance) -> dict[str, Any]:
-    return {
-        "id": instance.id,
-        "workflow": instance.workflow,
-        "status": instance.status.value,
-        "created_at": instance.created_at,
-        "updated_at": instance.updated_at,
-        "error": instance.failure.to_dict() if instance.failure else None,
-    }
-
-
 def _info_data(info: WorkflowInfo) -> dict[str, Any]:
     return {
         "id": info.id,

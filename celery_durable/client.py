@@ -158,6 +158,21 @@ def _decode(codec: Codec, data: str | None) -> Any:
     return codec.loads(data) if data is not None else None
 
 
+@dataclass(frozen=True)
+class PendingSignal:
+    """A signal in an instance's inbox that no ``ctx.wait_signal`` has taken yet.
+
+    Attributes:
+        name: the signal's name.
+        payload: its payload, decoded.
+        sent_at: when it arrived (UTC).
+    """
+
+    name: str
+    payload: Any
+    sent_at: datetime
+
+
 @dataclass(frozen=True, eq=False)
 class WorkflowStatus:
     """What ``handle.status()`` tells: the instance's state and what the workflow shows.
@@ -171,6 +186,11 @@ class WorkflowStatus:
         error: the failure of a failed or stuck instance.
         wake_at: when the instance is due to be looked at next (a timer, a deadline).
         updated_at: its last commit.
+        run: the run number (``ctx.continue_as_new`` starts the next).
+        note: why a live instance is not moving (e.g. "waiting for a worker that knows
+            workflow X"), or ``None``.
+        pending_signals: signals sent to it that no ``ctx.wait_signal`` has taken yet,
+            oldest first (a signal nobody waits for stays here, visible).
     """
 
     state: Status
@@ -178,6 +198,9 @@ class WorkflowStatus:
     error: Failure | None = None
     wake_at: datetime | None = None
     updated_at: datetime | None = None
+    run: int = 1
+    note: str | None = None
+    pending_signals: tuple[PendingSignal, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, WorkflowStatus):
@@ -215,20 +238,36 @@ class WorkflowHandle(Generic[R]):
         return instance
 
     def status(self) -> WorkflowStatus:
-        """The instance's state and custom status (``ctx.set_status``).
+        """The instance's state, custom status (``ctx.set_status``), run, note and the
+        signals waiting in its inbox.
 
         Compares equal to a :class:`Status`: ``handle.status() == Status.COMPLETED``.
+
+        Raises:
+            WorkflowNotFound: no such instance.
+            SerializationError: its payloads were encoded with a serializer the app does
+                not accept (never decoded).
         """
         instance = self._instance()
         custom = None
         if instance.custom_status is not None:
             custom = self._runtime.codec(instance.serializer).loads(instance.custom_status)
+        pending: tuple[PendingSignal, ...] = ()
+        if instance.inbox > 0:
+            codec = self._runtime.codec(instance.serializer)
+            pending = tuple(
+                PendingSignal(s.name, _decode(codec, s.payload), s.sent_at)
+                for s in self._runtime.store.signals(self.id)
+            )
         return WorkflowStatus(
             state=instance.status,
             custom=custom,
             error=instance.failure,
             wake_at=instance.wake_at,
             updated_at=instance.updated_at,
+            run=instance.run,
+            note=instance.note,
+            pending_signals=pending,
         )
 
     def signal(self, name: str, payload: Any = None) -> None:

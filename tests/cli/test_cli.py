@@ -385,3 +385,34 @@ def test_signal_json_flag_requires_valid_json(celery: Celery, store: Store) -> N
     assert store.signals("stuck") == []
     celery("-A", "cliapp", "durable", "signal", "stuck", "go", "--json", '{"n": 1}')
     assert store.signals("stuck")[-1].payload == '{"n": 1}'
+
+
+def test_show_prints_run_note_and_pending_signals(celery: Celery, store: Store) -> None:
+    other = store.get("other")
+    assert other is not None
+    note = "waiting for a worker that knows workflow 'cliapp.other'"
+    at = T0 + timedelta(minutes=11)
+    assert store.commit(Commit("other", other.version, Status.RUNNING, at, note=note))
+    sent = T0 + timedelta(minutes=12)
+    store.send_signal("other", "aproved", '{"by": "ann"}', sent, sent)
+    store.send_signal("other", "approved", None, sent + timedelta(seconds=1), sent)
+
+    out = celery("-A", "cliapp", "durable", "show", "other").stdout
+    assert "run:           1\n" in out
+    assert f"note:          {note}\n" in out
+    section = out.split("pending signals (2):\n")[1].split("\n\njournal")[0]
+    assert _rows(section) == [
+        ["NAME", "PAYLOAD", "SENT"],
+        ["aproved", "{'by':", "'ann'}", "2024-05-01", "12:12:00"],
+        ["approved", "None", "2024-05-01", "12:12:01"],
+    ]
+
+    data = json.loads(celery("-A", "cliapp", "durable", "show", "--json", "other").stdout)
+    assert (data["run"], data["note"]) == (1, note)
+    assert data["pending_signals"] == [
+        {"name": "aproved", "payload": {"by": "ann"}, "sent_at": "2024-05-01T12:12:00+00:00"},
+        {"name": "approved", "payload": None, "sent_at": "2024-05-01T12:12:01+00:00"},
+    ]
+    quiet = celery("-A", "cliapp", "durable", "show", "done").stdout
+    assert "pending signals" not in quiet
+    assert "note:" not in quiet

@@ -5,7 +5,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from celery_durable import Durable, Failure, Status, WorkflowContext, WorkflowInfo
+from celery_durable import (
+    Durable,
+    Failure,
+    PendingSignal,
+    Status,
+    WorkflowContext,
+    WorkflowInfo,
+)
+from celery_durable.client import start
 from runtime.waiting import wait_for, waiting_on
 
 
@@ -50,3 +58,43 @@ def test_list_returns_decoded_records(durable: Durable, worker: Any) -> None:
     (stopped,) = durable.list(status=Status.CANCELLED)
     assert stopped.error == Failure("WorkflowTerminated", "enough")
     assert stopped.result is None
+
+
+def test_status_shows_signals_nobody_waits_for(durable: Durable, worker: Any) -> None:
+    @durable.workflow
+    async def approval(ctx: WorkflowContext) -> Any:
+        return await ctx.wait_signal("approved")
+
+    with worker():
+        handle = approval.delay()
+        wait_for(lambda: waiting_on(handle, "signal"))
+        assert handle.status().pending_signals == ()
+        before = durable.now()
+        handle.signal("aproved", {"by": "alice", "amount": Decimal("2.50")})  # misspelt
+        status = handle.status()
+        assert status == Status.RUNNING
+        (pending,) = status.pending_signals
+        assert isinstance(pending, PendingSignal)
+        assert (pending.name, pending.payload) == (
+            "aproved",
+            {"by": "alice", "amount": Decimal("2.50")},
+        )
+        assert before <= pending.sent_at <= durable.now()
+        assert (status.run, status.note) == (1, None)
+
+        handle.signal("approved", "yes")
+        assert handle.result(timeout=30) == "yes"
+    # The taken one is gone; the misspelt one stays visible after the workflow ended.
+    assert [p.name for p in handle.status().pending_signals] == ["aproved"]
+
+
+def test_status_notes_why_a_live_instance_is_not_moving(durable: Durable, worker: Any) -> None:
+    with worker():
+        handle = start(durable, "nowhere.deployed", (), {}, workflow_id="lost")
+        wait_for(lambda: handle.status().note is not None)
+    status = handle.status()
+    assert status == Status.PENDING
+    assert status.note is not None
+    assert "waiting for a worker that knows workflow 'nowhere.deployed'" in status.note
+    (info,) = durable.list()
+    assert info.note == status.note
