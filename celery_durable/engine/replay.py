@@ -2,17 +2,18 @@
 
 A pass re-runs the workflow from the start. Each ``ctx`` command the coroutine awaits
 takes the next ``seq``; if the journal holds an event there, the command must match it
-(same kind and name) and gets its journaled outcome; otherwise the command is new: it is
-journaled (a local ``ctx.run`` is executed on the spot) and, once the workflow waits on
-something not done yet, the pass stops. A pending timer whose fire time has come fires in
-the pass (its completion goes to :attr:`Decision.fired`); one still in the future stops
-the pass with :attr:`Decision.wake_at`. A pending signal wait takes the oldest signal of
-its name in the inbox that no earlier wait took in the pass (:attr:`Decision.consumed`),
-or times out once its deadline has passed, or waits (its deadline, if any, counts as a
-timer's fire time). ``ctx.gather`` and ``ctx.first`` give each of
-their commands the next seq in argument order and wait on all of them; a race journals
-its winner as one more event (see :meth:`WorkflowContext.first`). A pending child
-workflow resolves with the child's outcome once the runtime hands the ended child in.
+(same kind and name; a step or child also the same arguments) and gets its journaled
+outcome; otherwise the command is new: it is journaled (a local ``ctx.run`` is executed
+on the spot) and, once the workflow waits on something not done yet, the pass stops.
+Pending events may settle in the pass (:mod:`celery_durable.engine.settling`): a timer
+whose fire time has come fires (its completion goes to :attr:`Decision.fired`); one still
+in the future stops the pass with :attr:`Decision.wake_at`. A pending signal wait takes
+the oldest signal of its name in the inbox that no earlier wait took in the pass
+(:attr:`Decision.consumed`), or times out once its deadline has passed, or waits (its
+deadline, if any, counts as a timer's fire time). ``ctx.gather`` and ``ctx.first`` give
+each of their commands the next seq in argument order and wait on all of them; a race
+journals its winner as one more event (see :meth:`WorkflowContext.first`). A pending
+child workflow resolves with the child's outcome once the runtime hands the ended child in.
 
 Cancellation: when a cancel is requested and the journal holds no CANCEL event yet, the
 pass journals one at the point where the workflow blocks (the frontier) and throws
@@ -29,10 +30,9 @@ import contextlib
 import dataclasses
 import reprlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 from celery_durable.engine.awaitables import (
     _Awaitable,
@@ -46,23 +46,13 @@ from celery_durable.engine.awaitables import (
     _Gather,
     _Rejoin,
     _StepCommand,
-    decode_child_id,
-    decode_deadline,
-    decode_fire_time,
 )
-from celery_durable.engine.children import child_outcome
 from celery_durable.engine.commands import Decision, ScheduleStep, StartChild
 from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.engine.serialization import Codec
-from celery_durable.errors import (
-    NonDeterminismError,
-    SignalTimeout,
-    StepFailed,
-    WorkflowCancelled,
-)
-
-T = TypeVar("T")
+from celery_durable.engine.settling import Outcome, Part, Settlement, Stuck
+from celery_durable.errors import NonDeterminismError, StepFailed, WorkflowCancelled
 
 _NO_CHILDREN: Mapping[str, Instance] = MappingProxyType({})
 
@@ -180,40 +170,6 @@ def _with_notes(failure: Failure, exc: BaseException) -> Failure:
     return dataclasses.replace(failure, details="\n\n".join([*filter(None, [details]), *missing]))
 
 
-class _Stuck(Exception):
-    """The pass cannot go on until the code (or the configuration) is fixed."""
-
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
-
-
-@dataclass
-class _Outcome:
-    """What to resume the coroutine with: a value to send or an exception to throw."""
-
-    value: Any = None
-    error: BaseException | None = None
-
-
-@dataclass
-class _Part:
-    """One command's journal event as this pass sees it."""
-
-    event: Event
-    outcome: _Outcome | None = None
-    """Its outcome once final (or fired in this pass); ``None`` while pending."""
-    fire_at: datetime | None = None
-    """A timer's fire time, or a signal wait's deadline, if the pass decoded it."""
-    resolved: Event | None = None
-    """A timer fired or a signal wait resolved in this pass: the outcome to journal once
-    the part is kept (``_Pass._keep``); a losing signal wait of a race is never kept."""
-    signal: Signal | None = None
-    """The inbox signal it takes, if resolved with one."""
-    child: Instance | None = None
-    """The ended child instance that resolved it, for a child workflow."""
-
-
 class _Pass:
     def __init__(
         self,
@@ -246,19 +202,17 @@ class _Pass:
         self.new_events: list[Event] = []
         self.steps: list[ScheduleStep] = []
         self.started: list[StartChild] = []
-        self.children = children
         self.cancel_pending = cancel_requested and not any(
             event.kind == Kind.CANCEL for event in events
         )
         """A cancellation to throw where the workflow blocks, not journaled yet."""
-        self.fired: list[Event] = []
-        self.inbox = signals
-        self.taken: set[int] = set()
-        """Ids of the inbox signals resolved waits took in this pass."""
-        self.consumed: list[tuple[int, int]] = []
         self.timers: list[datetime] = []
         """Fire times of the pending timers the workflow waits on (several in a gather)."""
         self.label = f"workflow {instance.workflow!r} (id {instance.id!r})"
+        self.settlement = Settlement(
+            instance, events, self.new_events, codec, now, signals, children, self.label
+        )
+        """Timers fired, signal waits and children resolved in the pass."""
 
     def run(self) -> Decision:
         coro: Coroutine[Any, Any, Any] | None = None
@@ -268,9 +222,9 @@ class _Pass:
             try:
                 started = self.workflow(self.ctx, *args, **kwargs)
             except Exception as exc:  # e.g. the input no longer fits the signature
-                raise _Stuck(Failure.from_exception(exc, with_traceback=False)) from exc
+                raise Stuck(Failure.from_exception(exc, with_traceback=False)) from exc
             if not isinstance(started, Coroutine):
-                raise _Stuck(
+                raise Stuck(
                     Failure(
                         "InvalidWorkflow",
                         f"{self.label} is not an async def function: calling it returned "
@@ -281,14 +235,14 @@ class _Pass:
             return self._drive(coro)
         except NonDeterminismError as exc:
             return Decision(Status.STUCK, failure=Failure("NonDeterminismError", str(exc)))
-        except _Stuck as stuck:
+        except Stuck as stuck:
             return Decision(Status.STUCK, failure=stuck.failure)
         finally:
             if coro is not None:
                 self._discard(coro)
 
     def _drive(self, coro: Coroutine[Any, Any, Any]) -> Decision:
-        outcome = _Outcome()
+        outcome = Outcome()
         while True:
             try:
                 if outcome.error is not None:
@@ -311,7 +265,7 @@ class _Pass:
     def _command(self, yielded: Any) -> _Awaitable:
         """The ctx command the coroutine yielded; anything else means it cannot be replayed."""
         if not isinstance(yielded, _Awaitable):
-            raise _Stuck(
+            raise Stuck(
                 Failure(
                     "InvalidAwait",
                     f"{self.label} awaited something that is not a ctx command (it yielded "
@@ -321,7 +275,7 @@ class _Pass:
                 )
             )
         if yielded.owner is not self.ctx:
-            raise _Stuck(
+            raise Stuck(
                 Failure(
                     "InvalidAwait",
                     f"{self.label} awaited {yielded.describe()} created by another workflow "
@@ -330,7 +284,7 @@ class _Pass:
             )
         return yielded
 
-    def _resolve(self, awaited: _Awaitable) -> _Outcome | None:
+    def _resolve(self, awaited: _Awaitable) -> Outcome | None:
         """What the awaited command gives the workflow, or ``None`` if the workflow must wait.
 
         Its commands are issued first; if the journal then holds a CANCEL event, the
@@ -354,7 +308,7 @@ class _Pass:
         elif isinstance(awaited, _First):
             outcome = self._first(awaited, events)
         else:
-            part = self._keep(self._settle(events[0]))
+            part = self.settlement.keep(self.settlement.settle(events[0]))
             if part.outcome is None:
                 self._wait_on([part])
             outcome = part.outcome
@@ -363,15 +317,15 @@ class _Pass:
             return self._cancel()
         return outcome
 
-    def _cancel(self) -> _Outcome:
+    def _cancel(self) -> Outcome:
         """Journal (or replay) the CANCEL event at the next seq; throw the cancellation."""
         self._issue(_CancelCommand(self.ctx))
         self.cancel_pending = False
-        return _Outcome(error=WorkflowCancelled())
+        return Outcome(error=WorkflowCancelled())
 
-    def _gather(self, events: list[Event]) -> _Outcome | None:
+    def _gather(self, events: list[Event]) -> Outcome | None:
         """All results in argument order once every part is final, or the first failure."""
-        parts = [self._keep(self._settle(event)) for event in events]
+        parts = [self.settlement.keep(self.settlement.settle(event)) for event in events]
         outcomes = [part.outcome for part in parts if part.outcome is not None]
         if len(outcomes) < len(parts):
             self._wait_on(parts)
@@ -379,18 +333,20 @@ class _Pass:
         for outcome in outcomes:
             if outcome.error is not None:
                 return outcome
-        return _Outcome([outcome.value for outcome in outcomes])
+        return Outcome([outcome.value for outcome in outcomes])
 
-    def _first(self, race: _First, events: list[Event]) -> _Outcome | None:
+    def _first(self, race: _First, events: list[Event]) -> Outcome | None:
         """``(index, result)`` of the race's winner: journaled when decided, then replayed."""
         seqs = [event.seq for event in events]
         if self.cursor.in_journal:  # decided by an earlier pass, which journaled the winner
             index = self._recorded_winner(self._issue(race.record(self.codec, seqs, None)), seqs)
             # The winner's outcome was journaled with the record; a signal wait that is
             # still pending here must not take a signal (nothing would have journaled it).
-            outcome = self._keep(self._settle(events[index], resolve_signal=False)).outcome
+            outcome = self.settlement.keep(
+                self.settlement.settle(events[index], resolve_signal=False)
+            ).outcome
             if outcome is None:
-                raise _Stuck(
+                raise Stuck(
                     Failure(
                         "InvalidJournal",
                         f"the journal of {self.label} names seq {seqs[index]} the winner of "
@@ -398,9 +354,9 @@ class _Pass:
                     )
                 )
         else:
-            parts = [self._settle(event) for event in events]
+            parts = [self.settlement.settle(event) for event in events]
             finished = [
-                (self._finished_at(part), index, part.outcome)
+                (self.settlement.finished_at(part), index, part.outcome)
                 for index, part in enumerate(parts)
                 if part.outcome is not None
             ]
@@ -410,16 +366,16 @@ class _Pass:
             _, index, outcome = min(finished, key=lambda entry: entry[:2])
             for position, part in enumerate(parts):
                 if position == index or part.event.kind != Kind.SIGNAL:
-                    self._keep(part)  # a timer that came due fires, winner or not
+                    self.settlement.keep(part)  # a timer that came due fires, winner or not
                 else:
-                    self._release(part)  # a losing wait takes nothing, now or later
+                    self.settlement.release(part)  # a losing wait takes nothing, now or later
             self._issue(race.record(self.codec, seqs, index))
-        return outcome if outcome.error is not None else _Outcome((index, outcome.value))
+        return outcome if outcome.error is not None else Outcome((index, outcome.value))
 
     def _recorded_winner(self, record: Event, seqs: list[int]) -> int:
         winner = None
         if record.state == State.COMPLETED and record.output is not None:
-            winner = self._decode(record.output, f"the race record at seq {record.seq}")
+            winner = self.settlement.decode(record.output, f"the race record at seq {record.seq}")
         if isinstance(winner, int) and not isinstance(winner, bool) and 0 <= winner < len(seqs):
             return winner
         raise NonDeterminismError(
@@ -467,9 +423,11 @@ class _Pass:
         if expected == event.input:
             return
         journaled = (
-            self._decode(event.input, f"the arguments at seq {seq}") if event.input else None
+            self.settlement.decode(event.input, f"the arguments at seq {seq}")
+            if event.input
+            else None
         )
-        asked = self._decode(expected, f"the arguments asked for at seq {seq}")
+        asked = self.settlement.decode(expected, f"the arguments asked for at seq {seq}")
         if journaled == asked:
             return  # encoded differently (e.g. another serializer version), same values
         raise NonDeterminismError(
@@ -486,168 +444,16 @@ class _Pass:
             return self.journal[command.seq]
         return next(event for event in self.new_events if event.seq == command.seq)
 
-    def _settle(self, event: Event, *, resolve_signal: bool = True) -> _Part:
-        """Where ``event`` stands in this pass.
-
-        A timer whose time has come fires now; a pending signal wait takes a signal from
-        the inbox or times out (unless ``resolve_signal`` is false). Either outcome is
-        only journaled once the part is kept (:meth:`_keep`).
-        """
-        if event.state.is_final:
-            return _Part(event, self._outcome_of(event))
-        if event.kind == Kind.SIGNAL:
-            return self._settle_signal(event) if resolve_signal else _Part(event)
-        if event.kind == Kind.CHILD:
-            return self._settle_child(event)
-        if event.kind != Kind.TIMER:
-            return _Part(event)
-        fire_at = self._fire_time(event)  # the journaled fire time governs, not today's code
-        if fire_at > self.now:  # never early: a pass that comes too soon waits again
-            return _Part(event, fire_at=fire_at)
-        fired = dataclasses.replace(
-            event, state=State.COMPLETED, completed_at=self.now, output=None
-        )
-        return _Part(event, _Outcome(), fire_at, resolved=fired)
-
-    def _settle_signal(self, event: Event) -> _Part:
-        """A pending wait: the oldest signal of its name not taken yet, or its timeout."""
-        deadline = self._deadline(event)
-        for signal in self.inbox:
-            if signal.name == event.name and signal.id not in self.taken:
-                self.taken.add(signal.id)
-                received = dataclasses.replace(
-                    event,
-                    state=State.COMPLETED,
-                    output=signal.payload,  # encoded by the sender with the instance's codec
-                    failure=None,
-                    completed_at=self.now,
-                )
-                outcome = self._outcome_of(received)
-                return _Part(event, outcome, deadline, resolved=received, signal=signal)
-        if deadline is None or deadline > self.now:  # never early, as timers
-            return _Part(event, fire_at=deadline)
-        timeout = deadline - event.scheduled_at
-        failure = Failure("SignalTimeout", f"no signal {event.name!r} within {timeout}")
-        timed_out = dataclasses.replace(
-            event, state=State.FAILED, output=None, failure=failure, completed_at=self.now
-        )
-        return _Part(event, self._outcome_of(timed_out), deadline, resolved=timed_out)
-
-    def _settle_child(self, event: Event) -> _Part:
-        """A pending child: its outcome once the child has ended, else still pending."""
-        child_id = self._event_input(event, decode_child_id, "the child id of the child workflow")
-        child = self.children.get(child_id)
-        if child is not None:
-            owner = self._foreign_owner(event, child)
-            if owner is not None:
-                failure = Failure(
-                    "WorkflowIdConflict",
-                    f"child workflow id {child_id!r} already belongs to {owner}; pass "
-                    "ctx.child(..., workflow_id=...) an id of its own",
-                )
-                conflict = dataclasses.replace(
-                    event, state=State.FAILED, output=None, failure=failure, completed_at=self.now
-                )
-                return _Part(event, self._outcome_of(conflict), resolved=conflict)
-        ended = child_outcome(event, child, self.now)
-        if ended is None:
-            return _Part(event)
-        return _Part(event, self._outcome_of(ended), resolved=ended, child=child)
-
-    def _foreign_owner(self, event: Event, child: Instance) -> str | None:
-        """Who owns ``child`` if not this CHILD event: another parent, another workflow,
-        or the same workflow started with other arguments; ``None`` if it is ours."""
-        if child.parent_id != self.instance.id:
-            parent = "no parent" if child.parent_id is None else f"parent {child.parent_id!r}"
-            return f"instance {child.id!r} of workflow {child.workflow!r} ({parent})"
-        if child.workflow != event.name:
-            return f"a child of workflow {child.workflow!r}, not {event.name!r}"
-        if child.run == 1 and event.input is not None:  # a later run has other arguments
-            [[_child_id, *args], kwargs] = self._decode(event.input, "the child's arguments")
-            if self._decode(child.input, "the child instance's input") != [args, kwargs]:
-                return f"a child of workflow {child.workflow!r} started with other arguments"
-        return None
-
-    def _keep(self, part: _Part) -> _Part:
-        """Journal what the pass resolved for ``part`` (a timer fired, a signal wait).
-
-        An event of the journal goes to :attr:`Decision.fired`; one issued in this pass
-        is replaced, in the new events, by its outcome.
-        """
-        resolved = part.resolved
-        if resolved is None:
-            return part
-        part.resolved = None  # kept once
-        first_new = len(self.journal)
-        if resolved.seq < first_new:
-            self.fired.append(resolved)
-        else:
-            self.new_events[resolved.seq - first_new] = resolved
-        if part.signal is not None:
-            self.consumed.append((part.signal.id, resolved.seq))
-        return part
-
-    def _release(self, part: _Part) -> None:
-        """Drop what the pass resolved for ``part``: its signal goes back to the inbox."""
-        if part.signal is not None:
-            self.taken.discard(part.signal.id)
-        part.resolved = part.signal = None
-
-    def _wait_on(self, parts: list[_Part]) -> None:
+    def _wait_on(self, parts: list[Part]) -> None:
         """The workflow waits: the pending timers among ``parts`` set the wake-up time."""
         self.timers.extend(p.fire_at for p in parts if p.outcome is None and p.fire_at is not None)
-
-    def _finished_at(self, part: _Part) -> datetime:
-        """When a final part finished, for a race: a timer at its fire time.
-
-        A signal wait resolved in this pass finished when its signal arrived (or when the
-        wait was issued, for a signal that came earlier), or at its deadline if it timed out.
-        """
-        if part.event.kind == Kind.TIMER:
-            return part.fire_at or self._fire_time(part.event)
-        if part.signal is not None:
-            return max(part.signal.sent_at, part.event.scheduled_at)
-        if part.resolved is not None and part.fire_at is not None:
-            return part.fire_at  # a signal wait that timed out in this pass
-        if part.child is not None:
-            return max(part.child.updated_at, part.event.scheduled_at)  # when it ended
-        return part.event.completed_at or part.event.scheduled_at
-
-    def _outcome_of(self, event: Event) -> _Outcome:
-        if event.state == State.FAILED:
-            failure = event.failure or Failure("UnknownError", "the journal holds no details")
-            if event.kind == Kind.SIGNAL and failure.type == "SignalTimeout":
-                return _Outcome(error=SignalTimeout(failure.message))
-            return _Outcome(error=StepFailed(failure.type, failure.message, failure.details))
-        if event.output is None:
-            return _Outcome()
-        return _Outcome(self._decode(event.output, f"the result of seq {event.seq}"))
-
-    def _deadline(self, event: Event) -> datetime | None:
-        return self._event_input(event, decode_deadline, "the deadline of the signal wait")
-
-    def _fire_time(self, event: Event) -> datetime:
-        return self._event_input(event, decode_fire_time, "the fire time of the timer")
-
-    def _event_input(self, event: Event, decode: Callable[[Codec, str | None], T], what: str) -> T:
-        """What ``decode`` reads in ``event``'s input; undecodable input parks the instance."""
-        try:
-            return decode(self.codec, event.input)
-        except Exception as exc:
-            raise _Stuck(
-                Failure(
-                    "SerializationError",
-                    f"cannot decode {what} at seq {event.seq} of {self.label} with the "
-                    f"{self.codec.name!r} serializer: {exc}",
-                )
-            ) from exc
 
     def _completed(self, result: Any) -> Decision:
         self._check_consumed(f"returned after {self.cursor.seq} commands")
         try:
             output = self.codec.dumps(result)
         except Exception as exc:
-            raise _Stuck(
+            raise Stuck(
                 Failure(
                     "SerializationError",
                     f"{self.label} returned a value of type {type(result).__name__!r} that "
@@ -661,7 +467,7 @@ class _Pass:
         self._check_consumed(f"raised {type(exc).__name__} after {self.cursor.seq} commands")
         if not self.ctx._fails_workflow(exc):
             # A bug, not a journaled outcome: park, journal nothing of this pass.
-            raise _Stuck(_with_notes(Failure.from_exception(exc), exc))
+            raise Stuck(_with_notes(Failure.from_exception(exc), exc))
         if isinstance(exc, StepFailed):
             # A step's failure the workflow let through: the instance fails with the
             # step's own type ("TransferFailed"), as the seed's ProcessException.Type did.
@@ -679,7 +485,9 @@ class _Pass:
         # The new run starts over an empty journal: nothing of this pass is journaled,
         # except that the signals it took are consumed (so the new run does not get them).
         self._check_consumed(f"continued as new after {self.cursor.seq} commands")
-        return Decision(Status.RUNNING, restart_input=restart_input, consumed=self.consumed)
+        return Decision(
+            Status.RUNNING, restart_input=restart_input, consumed=self.settlement.consumed
+        )
 
     def _decision(
         self, status: Status, *, output: str | None = None, failure: Failure | None = None
@@ -693,9 +501,9 @@ class _Pass:
             self.steps,
             output=output,
             failure=failure,
-            fired=self.fired,
+            fired=self.settlement.fired,
             wake_at=min(self.timers) if waiting else None,
-            consumed=self.consumed,
+            consumed=self.settlement.consumed,
             custom_status=self.cursor.custom_status,
             children=self.started,
             awaited_children=self.awaited_children,
@@ -715,7 +523,7 @@ class _Pass:
     def _check_journal(self) -> None:
         for position, event in enumerate(self.journal):
             if event.seq != position:
-                raise _Stuck(
+                raise Stuck(
                     Failure(
                         "InvalidJournal",
                         f"the journal of {self.label} is not contiguous: position {position} "
@@ -725,27 +533,13 @@ class _Pass:
 
     def _decode_input(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         try:
-            args, kwargs = self._decode(self.instance.input, "the input")
+            args, kwargs = self.settlement.decode(self.instance.input, "the input")
             return tuple(args), dict(kwargs)
         except (TypeError, ValueError) as exc:
-            raise _Stuck(
+            raise Stuck(
                 Failure(
                     "SerializationError",
                     f"the input of {self.label} is not an encoded [args, kwargs] pair: {exc}",
-                )
-            ) from exc
-
-    def _decode(self, data: str, what: str) -> Any:
-        # Undecodable journal data is a deployment problem (a codec missing or changed),
-        # not the workflow's failure: park the instance until it is fixed.
-        try:
-            return self.codec.loads(data)
-        except Exception as exc:
-            raise _Stuck(
-                Failure(
-                    "SerializationError",
-                    f"cannot decode {what} of {self.label} with the {self.codec.name!r} "
-                    f"serializer: {exc}",
                 )
             ) from exc
 
