@@ -39,6 +39,7 @@ from celery_durable.errors import (
 )
 from celery_durable.runtime.codec import KombuCodec, content_type
 from celery_durable.runtime.heartbeat import Heartbeats
+from celery_durable.runtime.logs import quiet_task_logs
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome, advance
 from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
 from celery_durable.runtime.settings import Settings
@@ -186,6 +187,7 @@ class Durable:
         self._lock = threading.Lock()
         self._resume_task = self._register_resume_task()
         self._tick_task = self._register_tick_task()
+        quiet_task_logs(TICK_TASK)  # the tick logs what it did, not Celery's two lines
         if app.configured:
             self._schedule_tick(app)
         # (Again) whenever the app's configuration is loaded: beat reads beat_schedule.
@@ -477,12 +479,17 @@ class Durable:
 
         def tick() -> int:
             try:
-                return durable.recover()
+                sent = durable.recover()
             except StoreError as exc:
                 # A failed claim claims nothing; the next tick tries again. One line, not a
                 # traceback every tick interval for as long as the database is down.
                 logger.warning("tick: store unavailable (%s); the next tick tries again", exc)
                 return 0
+            if sent:
+                logger.info("tick: resumed %d instance%s", sent, "" if sent == 1 else "s")
+            else:
+                logger.debug("tick: nothing due")
+            return sent
 
         register: Any = self.app.task(name=TICK_TASK, ignore_result=True, shared=False)
         return register(tick)
