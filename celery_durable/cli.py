@@ -138,9 +138,17 @@ def show(runtime: Durable, workflow_id: str, as_json: bool) -> None:
 @click.argument("workflow_id")
 @pass_durable
 def retry(runtime: Durable, workflow_id: str) -> None:
-    """Resume a stuck instance (after deploying fixed code)."""
+    """Resume a stuck instance, or rewind a failed one to its failure point (after
+    deploying fixed code)."""
+    before = runtime.store.get(workflow_id)
     runtime.retry(workflow_id)
-    click.echo(f"workflow {workflow_id}: stuck -> running; a worker replays it")
+    if before is not None and before.status is Status.FAILED:
+        click.echo(
+            f"workflow {workflow_id}: failed -> running; rewound to its failure point, "
+            "a worker sends the failed step again"
+        )
+    else:
+        click.echo(f"workflow {workflow_id}: stuck -> running; a worker replays it")
 
 
 @durable.command()

@@ -50,9 +50,11 @@ def start_children(durable: Durable, parent: Instance, starts: Iterable[StartChi
             updated_at=now,
             wake_at=now + durable.redrive_after,
             parent_id=parent.id,
+            parent_close=start.parent_close,
         )
         stored, created = durable.store.create(child)
         if stored.parent_id != parent.id or stored.workflow != start.workflow:
+            # Not ours: the parent's next pass fails its ctx.child with WorkflowIdConflict.
             logger.error(
                 "workflow %s: child id %r is already used by another instance (%s); "
                 "pass ctx.child(..., workflow_id=...) an id of its own",
@@ -60,6 +62,7 @@ def start_children(durable: Durable, parent: Instance, starts: Iterable[StartChi
                 start.workflow_id,
                 stored.workflow,
             )
+            durable.send_resume(parent.id)
             continue
         if created or stored.status is Status.PENDING:
             durable.send_resume(stored.id)

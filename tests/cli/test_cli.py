@@ -289,10 +289,11 @@ def test_retry_resumes_a_stuck_instance_only(celery: Celery, store: Store) -> No
 
     again = celery("-A", "cliapp", "durable", "retry", "stuck", code=1).stderr
     assert (
-        again == "Error: workflow stuck is running, not stuck; only stuck instances are retried\n"
+        again == "Error: workflow stuck is running: only stuck instances (resumed) and failed "
+        "ones (rewound to their failure point) are retried\n"
     )
     assert (
-        "is completed, not stuck"
+        "is completed: only stuck"
         in celery("-A", "cliapp", "durable", "retry", "done", code=1).stderr
     )
 

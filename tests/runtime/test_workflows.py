@@ -18,6 +18,7 @@ from celery_durable import (
     StepFailed,
     WorkflowContext,
     WorkflowFailed,
+    WorkflowIdConflict,
     WorkflowStuck,
     current_step,
 )
@@ -157,13 +158,21 @@ def test_starting_twice_with_one_id_returns_the_first_run(durable: Durable, work
         value: int = await ctx.step(once, x)
         return value
 
+    @durable.workflow
+    async def other(ctx: WorkflowContext, x: int) -> int:
+        return x
+
     with worker():
         first = wf.apply_async((1,), workflow_id="order-42")
-        second = wf.apply_async((2,), workflow_id="order-42")
+        second = wf.apply_async((1,), workflow_id="order-42")
         assert first.id == second.id == "order-42"
         assert second.result(timeout=30) == 1
-        third = wf.apply_async((3,), workflow_id="order-42")
+        third = wf.apply_async((1,), workflow_id="order-42")  # done: still the same run
         assert third.result(timeout=5) == 1
+        with pytest.raises(WorkflowIdConflict, match="other arguments"):
+            wf.apply_async((2,), workflow_id="order-42")
+        with pytest.raises(WorkflowIdConflict, match="another workflow|of workflow"):
+            other.apply_async((1,), workflow_id="order-42")
     assert runs["once"] == 1
     assert [i.id for i in durable.list()] == ["order-42"]
 
@@ -185,10 +194,10 @@ def test_duplicate_delivery_journals_one_outcome_and_schedules_next_once(
 
     send_step = durable.send_step
 
-    def send_twice(instance_id: str, step: Any) -> None:
+    def send_twice(instance_id: str, step: Any, run: int = 1) -> None:
         dispatched[step.seq] += 1
-        send_step(instance_id, step)
-        send_step(instance_id, step)  # the broker delivers it twice
+        send_step(instance_id, step, run)
+        send_step(instance_id, step, run)  # the broker delivers it twice
 
     monkeypatch.setattr(durable, "send_step", send_twice)
     with worker():
@@ -223,9 +232,9 @@ def test_concurrent_resumes_never_double_schedule(
 
     send_step = durable.send_step
 
-    def counting(instance_id: str, step: Any) -> None:
+    def counting(instance_id: str, step: Any, run: int = 1) -> None:
         dispatched[step.seq] += 1
-        send_step(instance_id, step)
+        send_step(instance_id, step, run)
         for _ in range(3):  # every pass is raced by three more orchestrators
             durable.send_resume(instance_id)
 
@@ -325,10 +334,15 @@ def test_resume_of_unknown_workflow_waits_for_the_code(durable: Durable, worker:
 
     with worker():
         handle = start(durable, "later.deployed", ("bob",), {})
-        time.sleep(1.5)
-        assert handle.status() == Status.PENDING  # waiting, not failed or dropped
+        wait_for(lambda: handle.status().note is not None, timeout=10)
+        status = handle.status()
+        assert status == Status.PENDING  # waiting, not failed or dropped
+        assert status.note == "waiting for a worker that knows workflow 'later.deployed'"
         durable.workflow(name="later.deployed")(greet)
+        # The tick (here called by hand) sends the one resume when the wait is due.
+        wait_for(lambda: durable.recover() > 0 or handle.status() == Status.COMPLETED, 30)
         assert handle.result(timeout=30) == "hello bob"
+        assert handle.status().note is None
 
 
 def test_bad_inputs_are_clear_errors_that_store_nothing(durable: Durable, worker: Any) -> None:
@@ -348,7 +362,7 @@ def test_bad_inputs_are_clear_errors_that_store_nothing(durable: Durable, worker
         return None
 
     @durable.workflow
-    async def wf(ctx: WorkflowContext, mode: str) -> str:
+    async def wf(ctx: WorkflowContext, mode: str, *extra: Any) -> str:
         if mode == "result":
             await ctx.step(returns_opaque)
         elif mode == "arg":
@@ -372,10 +386,15 @@ def test_bad_inputs_are_clear_errors_that_store_nothing(durable: Durable, worker
 
         assert wf.delay("arg").result(timeout=30).startswith("caught: ")
 
-        with pytest.raises(WorkflowFailed) as info:
+        # A plain task given to ctx.step is a bug in the workflow: it parks, not fails.
+        with pytest.raises(WorkflowStuck) as stuck:
             wf.delay("plain").result(timeout=30)
-        assert info.value.type == "TypeError"
-        assert "@durable.step" in info.value.message
+        assert stuck.value.type == "TypeError"
+        assert "@durable.step" in stuck.value.message
+
+    with pytest.raises(TypeError, match=r"cannot start with these arguments"):
+        wf.delay()  # type: ignore[call-arg]
+    assert len(durable.list()) == 3
 
 
 def test_workflow_must_be_async_and_steps_sync(durable: Durable) -> None:

@@ -251,7 +251,8 @@ class LifecycleContract:
             wake_at=T0 + timedelta(days=1),
             custom_status='"round 2"',
             cancel_requested=False,
-        ), "inbox kept"
+            run=old.run + 1,
+        ), "inbox kept, run counted"
         assert events == first, "the old run's events gone, the new run's from seq 0"
         assert_event_types(events)
         assert store.signals("wf-restart") == [waiting], "the unconsumed signal kept"
