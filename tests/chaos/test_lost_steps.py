@@ -1,0 +1,191 @@
+"""Steps lost with their worker, on real prefork workers (subprocesses) and Redis.
+
+* A poison step (it SIGKILLs its own pool process every time, as the OOM killer or a
+  segfault would) is sent again ``durable_max_resends`` times, then fails with
+  ``StepFailed(type="StepLost")``; the workflow's compensation runs and it completes.
+* A step killed by its hard ``time_limit`` every time: the same.
+* A short step (0.3 s, under one heartbeat interval) whose whole worker is SIGKILLed in
+  its first 100 ms is sent again within 30 s (plus the tick interval) with the DEFAULT
+  settings (step timeout 300 s, heartbeat 2 s, tick 5 s) and Redis's default visibility
+  timeout (3600 s): its start mark tells recovery it had started.
+* Workflow code that blocks is stopped by the resume time limit and parks as ``stuck``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from servers import create_database
+
+from celery_durable import Durable, Status
+from celery_durable.client import start
+from chaos import report
+from chaos.apps import Record, read_records
+from chaos.cluster import Cluster, wait_for
+from chaos.trust_app import BLOCKS, OVER_TIME, POISON, SHORT, make_app
+
+#: The promise: a step whose worker died is sent again within this many seconds of the
+#: kill, plus one tick interval (5 s by default).
+RESEND_BOUND = 30.0 + 5.0
+
+_databases = itertools.count()
+
+
+@dataclass
+class Trust:
+    cluster: Cluster
+    durable: Durable
+    record: Path
+
+    def starts(self, label: str) -> list[Record]:
+        return [r for r in read_records(self.record) if r.label == label and r.event == "start"]
+
+    def wait_done(self, workflow_id: str, timeout: float) -> Status:
+        def ended() -> bool:
+            instance = self.durable.store.get(workflow_id)
+            return instance is not None and instance.status in (
+                Status.COMPLETED,
+                Status.FAILED,
+                Status.STUCK,
+            )
+
+        try:
+            wait_for(ended, timeout, f"workflow {workflow_id} ended")
+        except AssertionError:
+            print(self.cluster.logs())
+            raise
+        instance = self.durable.store.get(workflow_id)
+        assert instance is not None
+        return instance.status
+
+
+def _trust(root: Path, redis_url: str, store: str, **extra: str) -> Iterator[Trust]:
+    root.mkdir(parents=True, exist_ok=True)
+    record = root / "records.txt"
+    env = {
+        "TRUST_BROKER": redis_url,
+        "TRUST_STORE": store,
+        "TRUST_QUEUE": f"trust-{uuid.uuid4().hex[:8]}",
+        "TRUST_RECORD": str(record),
+        **extra,
+    }
+    app, durable = make_app(env)
+    _ = durable.store  # the schema exists before the workers race to create it
+    cluster = Cluster(root, env, app_module="chaos.trust_app")
+    try:
+        yield Trust(cluster, durable, record)
+    finally:
+        cluster.stop_all()
+        durable.store.close()
+        app.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def trust(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, postgres_url: str
+) -> Iterator[Trust]:
+    if request.param == "sqlite":
+        store = f"sqlite:///{tmp_path}/journal.sqlite3"
+    else:
+        store = create_database(postgres_url, f"trust_{os.getpid()}_{next(_databases)}")
+    yield from _trust(tmp_path / "run", redis_url, store)
+
+
+@pytest.fixture
+def trust_sqlite(tmp_path: Path, redis_url: str) -> Iterator[Trust]:
+    yield from _trust(
+        tmp_path / "run",
+        redis_url,
+        f"sqlite:///{tmp_path}/journal.sqlite3",
+        TRUST_RESUME_TIME_LIMIT="2",
+    )
+
+
+@pytest.mark.timeout(180)
+def test_poison_step_fails_as_step_lost_after_max_resends(trust: Trust) -> None:
+    worker = trust.cluster.worker("worker", concurrency=2)
+    trust.cluster.wait_ready(worker)
+    handle = start(trust.durable, POISON, (), {})
+    assert trust.wait_done(handle.id, 120) is Status.COMPLETED
+    result = handle.result(timeout=1)
+    assert result.startswith("StepLost: step 'trust.poison' (seq 0) was lost 4 times")
+    # Sent again durable_max_resends (3) times: four runs in all, then the compensation.
+    assert len(trust.starts("poison")) == 4
+    assert len(trust.starts("undo")) == 1
+    step = handle.history()[0]
+    assert (step.state.value, step.error and step.error.type) == ("failed", "StepLost")
+    assert worker.popen.poll() is None  # the worker itself survived every loss
+
+
+@pytest.mark.timeout(180)
+def test_step_killed_by_its_hard_time_limit_fails_as_step_lost(trust_sqlite: Trust) -> None:
+    trust = trust_sqlite
+    worker = trust.cluster.worker("worker", concurrency=2)
+    trust.cluster.wait_ready(worker)
+    handle = start(trust.durable, OVER_TIME, (), {})
+    assert trust.wait_done(handle.id, 120) is Status.COMPLETED
+    assert handle.result(timeout=1).startswith("StepLost: step 'trust.over_time'")
+    assert len(trust.starts("over_time")) == 4
+    assert len(trust.starts("undo")) == 1
+
+
+@pytest.mark.timeout(180)
+def test_short_step_killed_in_its_first_milliseconds_is_sent_again_within_30_s(
+    trust: Trust,
+) -> None:
+    cluster = trust.cluster
+    worker1 = cluster.worker("worker1", concurrency=2)
+    cluster.beat("beat")
+    cluster.wait_ready(worker1)
+    handle = start(trust.durable, SHORT, (6,), {})
+    # Let a few steps go by, then kill the worker group 50 ms into the next one.
+    wait_for(lambda: len(trust.starts("short")) >= 3, 60, "three short steps started")
+    seen = len(trust.starts("short"))
+    wait_for(lambda: len(trust.starts("short")) > seen, 30, "the next short step started")
+    victim = trust.starts("short")[-1]
+    time.sleep(max(0.0, victim.at + 0.05 - time.time()))
+    killed_at = time.time()
+    cluster.kill(worker1)
+    worker2 = cluster.worker("worker2", concurrency=2)
+    cluster.wait_ready(worker2)
+    key = victim.key.split("#", 1)[0]
+    wait_for(
+        lambda: any(
+            r.key.startswith(key + "#") and r.at > killed_at for r in trust.starts("short")
+        ),
+        RESEND_BOUND + 10,
+        "the killed step sent again",
+    )
+    again = min(
+        r.at for r in trust.starts("short") if r.key.startswith(key + "#") and r.at > killed_at
+    )
+    resent_after = again - killed_at
+    report.LINES.append(
+        f"short step ({victim.key}) killed 50 ms in, default settings: ran again "
+        f"{resent_after:.1f} s after the kill (bound {RESEND_BOUND:.0f} s)"
+    )
+    assert resent_after < RESEND_BOUND
+    assert trust.wait_done(handle.id, 60) is Status.COMPLETED
+    assert handle.result(timeout=1) == sum(range(6))
+    killed = handle.history()[int(key.rsplit(":", 1)[1])]
+    assert killed.attempts == 2  # the killed run and the one after it
+
+
+@pytest.mark.timeout(120)
+def test_workflow_code_that_blocks_parks_on_the_resume_time_limit(trust_sqlite: Trust) -> None:
+    trust = trust_sqlite
+    worker = trust.cluster.worker("worker", concurrency=2)
+    trust.cluster.wait_ready(worker)
+    handle = start(trust.durable, BLOCKS, (), {})
+    assert trust.wait_done(handle.id, 60) is Status.STUCK
+    error = handle.status().error
+    assert error is not None
+    assert error.type == "SoftTimeLimitExceeded"
+    assert "durable_resume_time_limit (2 s)" in error.message

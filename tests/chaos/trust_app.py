@@ -1,0 +1,104 @@
+"""The app of the lost-step tests: ``celery -A chaos.trust_app worker|beat``.
+
+Built from ``TRUST_*`` environment variables (broker, store, queue, record file) and run
+with celery_durable's DEFAULT timing settings (step timeout 300 s, heartbeat 2 s, tick
+5 s), except where a test sets ``TRUST_RESUME_TIME_LIMIT``: the promise that a step whose
+worker died is sent again within 30 s must hold as shipped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from celery import Celery
+
+from celery_durable import Durable, StepFailed, WorkflowContext, current_step
+from chaos.mix import log_line
+
+POISON = "trust.poison_workflow"
+SHORT = "trust.short_steps"
+OVER_TIME = "trust.over_time_workflow"
+BLOCKS = "trust.blocking_workflow"
+
+#: How long each short step runs: shorter than one heartbeat interval (2 s).
+SHORT_SECONDS = 0.3
+
+
+def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celery, Durable]:
+    app = Celery("trust", broker=env["TRUST_BROKER"], set_as_current=False)
+    app.conf.update(
+        task_default_queue=env["TRUST_QUEUE"],
+        durable_store=env["TRUST_STORE"],
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+    )
+    if "TRUST_RESUME_TIME_LIMIT" in env:
+        app.conf.durable_resume_time_limit = float(env["TRUST_RESUME_TIME_LIMIT"])
+    durable = Durable(app)
+    record = Path(env["TRUST_RECORD"])
+
+    def note(label: str, event: str) -> None:
+        info = current_step()
+        assert info is not None
+        log_line(record, label, f"{info.idempotency_key}#{info.attempt}", event)
+
+    @durable.step(name="trust.poison")
+    def poison() -> None:
+        note("poison", "start")
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a segfault would
+
+    @durable.step(name="trust.over_time", time_limit=1)
+    def over_time() -> None:
+        note("over_time", "start")
+        time.sleep(30)  # killed by its hard time limit every time
+
+    @durable.step(name="trust.undo")
+    def undo() -> str:
+        note("undo", "start")
+        return "undone"
+
+    async def survive(ctx: WorkflowContext, step: object) -> str:
+        try:
+            async with ctx.saga() as saga:
+                saga.compensate(undo)  # runs when the lost step fails the block
+                await ctx.step(step)
+        except StepFailed as failed:
+            if failed.type != "StepLost":
+                raise
+            return f"{failed.type}: {failed.message}"
+        return "unreachable"
+
+    @durable.workflow(name=POISON)
+    async def poison_workflow(ctx: WorkflowContext) -> str:
+        return await survive(ctx, poison)
+
+    @durable.workflow(name=OVER_TIME)
+    async def over_time_workflow(ctx: WorkflowContext) -> str:
+        return await survive(ctx, over_time)
+
+    @durable.step(name="trust.short")
+    def short(index: int) -> int:
+        note("short", "start")
+        time.sleep(SHORT_SECONDS)
+        note("short", "end")
+        return index
+
+    @durable.workflow(name=SHORT)
+    async def short_steps(ctx: WorkflowContext, count: int) -> int:
+        total = 0
+        for index in range(count):
+            total += await ctx.step(short, index)
+        return total
+
+    @durable.workflow(name=BLOCKS)
+    async def blocking_workflow(ctx: WorkflowContext) -> str:
+        time.sleep(60)  # workflow code that blocks: a bug the resume time limit catches
+        return "never"
+
+    return app, durable
+
+
+app = make_app()[0] if "TRUST_BROKER" in os.environ else None
