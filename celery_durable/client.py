@@ -558,13 +558,23 @@ def terminate(runtime: Runtime, workflow_id: str, reason: str = "terminated") ->
 CHILDREN_LIMIT = 10_000
 
 
-def close_children(runtime: Runtime, parent_id: str, ended: str) -> None:
+def close_children(
+    runtime: Runtime, parent_id: str, ended: str, child_ids: Sequence[str] | None = None
+) -> None:
     """Apply each unfinished child's parent-close policy: its parent ``parent_id`` has
     ended (``ended`` says how, for the reason recorded). ``"terminate"`` ends the child at
     once, ``"cancel"`` asks it to cancel (its compensations run), ``"abandon"`` leaves it.
+
+    Args:
+        child_ids: only these children (a run that continues as new closes the children
+            it started, not those the next run may already have); all by default.
     """
-    for child in runtime.store.list(parent_id=parent_id, limit=CHILDREN_LIMIT):
-        if child.status.is_terminal:
+    if child_ids is None:
+        children = runtime.store.list(parent_id=parent_id, limit=CHILDREN_LIMIT)
+    else:
+        children = runtime.store.get_many(child_ids)
+    for child in children:
+        if child.status.is_terminal or child.parent_id != parent_id:
             continue
         policy = child.parent_close or "terminate"
         if policy == "terminate":

@@ -241,6 +241,9 @@ def advance(
         if decision.restart_input is not None:
             outcomes = []  # a new run: the old journal goes
             wake = Wake(at=durable.redrive_at())  # its first pass, if the message is lost
+            # The children this run still waits on are closed before the journal that
+            # names them goes (a crash after the commit would forget them).
+            close_children(durable, instance.id, "continued as new", list(waiting))
         if (
             not outcomes
             and not decision.new_events
@@ -281,9 +284,8 @@ def advance(
         # Children whose creation a crash may have cut off are created (idempotently).
         lost = [s for s in decision.awaited_children if s.workflow_id not in children]
         _publish(durable, instance, decision, wake, now, [*decision.children, *lost])
-        if decision.status.is_terminal or decision.restart_input is not None:
-            ended = "continued as new" if decision.restart_input else decision.status.value
-            close_children(durable, instance.id, ended)
+        if decision.status.is_terminal:
+            close_children(durable, instance.id, decision.status.value)
         return
     raise StoreError(
         f"workflow {instance_id}: gave up after {MAX_CAS_ROUNDS} lost compare-and-set rounds"
