@@ -81,7 +81,7 @@ def test_heartbeat_does_not_wait_for_a_commit_holding_the_instance(
             )
             started = time.monotonic()
 
-            assert pg_store.heartbeat("wf-locked", 0, T0, T0 + timedelta(seconds=30))
+            assert pg_store.heartbeat("wf-locked", 1, 0, T0, T0 + timedelta(seconds=30))
 
             assert time.monotonic() - started < 2
             conn.rollback()
@@ -92,7 +92,7 @@ def test_heartbeat_does_not_wait_for_a_commit_holding_the_instance(
     instance, (step,) = loaded
     assert instance.wake_at == later, "the locked instance was skipped"
     assert step.heartbeat_at == T0
-    assert pg_store.heartbeat("wf-locked", 0, T0, T0 + timedelta(seconds=30))
+    assert pg_store.heartbeat("wf-locked", 1, 0, T0, T0 + timedelta(seconds=30))
     assert pg_store.get("wf-locked").wake_at == T0 + timedelta(seconds=30)  # type: ignore[union-attr]
 
 
@@ -112,7 +112,7 @@ def test_heartbeats_and_commits_of_one_step_do_not_deadlock(pg_store: SQLAlchemy
                 i += 1
                 # wake_by alternates so that the instance row is written now and then.
                 wake_by = T0 - timedelta(seconds=i) if i % 2 else T0 + timedelta(hours=i)
-                assert pg_store.heartbeat("wf-race", 0, T0 + timedelta(seconds=i), wake_by)
+                assert pg_store.heartbeat("wf-race", 1, 0, T0 + timedelta(seconds=i), wake_by)
         except BaseException as exc:
             errors.append(exc)
 
@@ -142,18 +142,21 @@ def test_heartbeat_skips_the_flush_wait_of_its_own_transaction_only(
 ) -> None:
     # The test server runs with synchronous_commit=off; these sessions start with it on.
     store = store_class(f"{postgres_db_url}?options=-csynchronous_commit%3Don")
-    store.create(make_instance("wf-sync"))
-    assert store.commit(Commit("wf-sync", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
-    engine = store._ready_engine()
-    with captured(engine) as seen:
-        assert store.heartbeat("wf-sync", 0, T0, T0 + timedelta(seconds=30))
+    try:
+        store.create(make_instance("wf-sync"))
+        assert store.commit(Commit("wf-sync", 0, Status.RUNNING, T0, new_events=[make_event(0)]))
+        engine = store._ready_engine()
+        with captured(engine) as seen:
+            assert store.heartbeat("wf-sync", 1, 0, T0, T0 + timedelta(seconds=30))
 
-    statements = " ".join(s for s, _ in seen)
-    assert "synchronous_commit" in statements
-    # Local to the heartbeat's transaction: the pooled connection (the only one) is back
-    # to its setting for the commits that follow.
-    assert isinstance(engine.pool, sa.QueuePool)
-    assert engine.pool.checkedout() == 0
-    with engine.connect() as conn:
-        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "on"
-    store.close()
+        statements = " ".join(s for s, _ in seen)
+        assert "synchronous_commit" in statements
+        # Local to the heartbeat's transaction: the pooled connection (the only one) is
+        # back to its setting for the commits that follow.
+        assert isinstance(engine.pool, sa.QueuePool)
+        assert engine.pool.checkedout() == 0
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar_one() == "on"
+    finally:
+        # Also on failure: a pool left to the garbage collector warns in a later test.
+        store.close()

@@ -153,7 +153,7 @@ def test_naive_datetimes_are_refused(store: SQLAlchemyStore) -> None:
     with pytest.raises(ValueError, match="created_at must be a timezone-aware datetime"):
         store.create(make_instance(created_at=datetime(2024, 1, 1)))
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.heartbeat("wf-1", 0, datetime(2024, 1, 1), datetime(2024, 1, 2))
+        store.heartbeat("wf-1", 1, 0, datetime(2024, 1, 1), datetime(2024, 1, 2))
 
 
 def test_outcome_must_be_final(store: SQLAlchemyStore) -> None:

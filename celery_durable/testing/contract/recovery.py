@@ -279,8 +279,12 @@ class RecoveryContract:
         assert loaded[0].version == 3
         step0, step1, step2 = loaded[1]
         assert step0 == dataclasses.replace(
-            before[1][0], state=State.SCHEDULED, started_at=None, heartbeat_at=resent_at
-        ), "sent again: scheduled, not started; its attempts are kept"
+            before[1][0],
+            state=State.SCHEDULED,
+            started_at=None,
+            heartbeat_at=resent_at,
+            resends=1,
+        ), "sent again: scheduled, not started; its attempts are kept, its loss counted"
         assert step0.attempts == 1
         assert step1 == before[1][1]
         assert step2 == before[1][2]
