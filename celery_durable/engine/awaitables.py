@@ -300,15 +300,23 @@ def decode_child_id(codec: Codec, data: str | None) -> str:
     return child_id
 
 
+CANCEL_WHILE_BLOCKED = "cancel"
+"""The name of a CANCEL event thrown at an await whose journaled commands it follows."""
+CANCEL_BEFORE_COMMANDS = "cancel before"
+"""The name of a CANCEL event thrown at an await before its commands were issued: at its
+seq the workflow would have issued a new command, and never did."""
+
+
 class _CancelCommand(_Command):
     """Where a requested cancellation was thrown into the workflow (issued by the driver,
-    never by workflow code): journaled completed, with no input."""
+    never by workflow code): journaled completed, with no input, named after where it was
+    thrown (:data:`CANCEL_WHILE_BLOCKED` or :data:`CANCEL_BEFORE_COMMANDS`)."""
 
     kind = Kind.CANCEL
     verb = "cancel"
 
-    def __init__(self, owner: WorkflowContext) -> None:
-        super().__init__(owner, "cancel", "")
+    def __init__(self, owner: WorkflowContext, name: str = CANCEL_WHILE_BLOCKED) -> None:
+        super().__init__(owner, name, "")
 
     def new_event(self, seq: int, now: datetime) -> Event:
         return Event(

@@ -16,10 +16,12 @@ journals its winner as one more event (see :meth:`WorkflowContext.first`). A pen
 child workflow resolves with the child's outcome once the runtime hands the ended child in.
 
 Cancellation: when a cancel is requested and the journal holds no CANCEL event yet, the
-pass journals one at the point where the workflow blocks (the frontier) and throws
-:class:`~celery_durable.errors.WorkflowCancelled` into it there; the workflow goes on
-(compensations may run) and ends CANCELLED if it lets the exception out. A replay throws
-it again at the await whose commands are followed by the journaled CANCEL event.
+pass journals one at the frontier and throws
+:class:`~celery_durable.errors.WorkflowCancelled` into the workflow there: before it
+issues any new command (so nothing more is sent), or where it blocks on commands already
+journaled. The workflow goes on (compensations may run) and ends CANCELLED if it lets the
+exception out; one that ends without issuing a new command is not interrupted. A replay
+throws it again at the same place.
 ``ctx.continue_as_new()`` ends the pass with a restart (:attr:`Decision.restart_input`).
 Nothing here performs I/O: the runtime commits the decision and sends its messages.
 """
@@ -35,6 +37,10 @@ from types import MappingProxyType
 from typing import Any
 
 from celery_durable.engine.awaitables import (
+    CANCEL_BEFORE_COMMANDS as CANCEL_BEFORE,
+)
+from celery_durable.engine.awaitables import (
+    CANCEL_WHILE_BLOCKED,
     _Awaitable,
     _CancelCommand,
     _ChildCommand,
@@ -287,11 +293,19 @@ class _Pass:
     def _resolve(self, awaited: _Awaitable) -> Outcome | None:
         """What the awaited command gives the workflow, or ``None`` if the workflow must wait.
 
-        Its commands are issued first; if the journal then holds a CANCEL event, the
-        cancellation was thrown at this await: it is thrown again, whatever became of
-        the commands since. Otherwise, if the workflow must wait and a cancellation is
-        pending, it is journaled and thrown here.
+        A pending cancellation is thrown before the workflow issues any new command (at
+        the end of its journal), so nothing more is sent once a cancel is requested; and
+        where the workflow must wait on commands already journaled. Either way a CANCEL
+        event is journaled at that seq, and a replay throws the cancellation again there:
+        before this await's commands if the journal holds the CANCEL event at their
+        place, or after them, whatever became of them since.
         """
+        if not isinstance(awaited, _Rejoin):
+            here = self.journal[self.cursor.seq] if self.cursor.in_journal else None
+            if here is not None and here.kind == Kind.CANCEL and here.name == CANCEL_BEFORE:
+                return self._cancel(CANCEL_BEFORE)
+            if here is None and self.cancel_pending:
+                return self._cancel(CANCEL_BEFORE)
         if isinstance(awaited, _Combination):
             events = [self._issue(command) for command in awaited.parts]
         elif isinstance(awaited, _Command):
@@ -300,8 +314,10 @@ class _Pass:
             events = [self._issued(awaited.command)]
         else:
             raise TypeError(f"the engine cannot resolve {awaited.describe()}")
-        if self.cursor.in_journal and self.journal[self.cursor.seq].kind == Kind.CANCEL:
-            return self._cancel()
+        if self.cursor.in_journal:
+            after = self.journal[self.cursor.seq]
+            if after.kind == Kind.CANCEL and after.name != CANCEL_BEFORE:
+                return self._cancel()  # thrown here, once these commands were issued
         waits = len(self.timers)
         if isinstance(awaited, _Gather):
             outcome = self._gather(events)
@@ -317,9 +333,9 @@ class _Pass:
             return self._cancel()
         return outcome
 
-    def _cancel(self) -> Outcome:
+    def _cancel(self, name: str = CANCEL_WHILE_BLOCKED) -> Outcome:
         """Journal (or replay) the CANCEL event at the next seq; throw the cancellation."""
-        self._issue(_CancelCommand(self.ctx))
+        self._issue(_CancelCommand(self.ctx, name))
         self.cancel_pending = False
         return Outcome(error=WorkflowCancelled())
 

@@ -85,19 +85,38 @@ def test_no_cancel_requested_changes_nothing(instance: MakeInstance, codec: Any)
     assert (decision.status, decision.new_events) == (Status.RUNNING, [])
 
 
-def test_cancel_before_the_first_pass_cancels_at_the_first_blocking_await(
+def test_cancel_before_the_first_pass_cancels_before_any_command_is_sent(
     instance: MakeInstance, codec: Any
 ) -> None:
     decision = run(charge, instance, codec, [], cancel=True)
 
     assert decision.status is Status.CANCELLED
-    assert [(e.seq, e.kind) for e in decision.new_events] == [(0, Kind.STEP), (1, Kind.CANCEL)]
-    assert decision.steps == [ScheduleStep(0, "pay.reserve", (), {})]  # journaled: it is sent
+    assert [(e.seq, e.kind) for e in decision.new_events] == [(0, Kind.CANCEL)]
+    assert decision.steps == []  # nothing is sent once a cancel is requested
+
+    replayed = run(charge, instance, codec, commit([], decision), cancel=True, now=LATER)
+    assert (replayed.status, replayed.new_events) == (Status.CANCELLED, [])
 
 
-def test_workflow_that_never_blocks_is_not_interrupted(instance: MakeInstance, codec: Any) -> None:
+def test_a_cancelled_workflow_issues_no_new_command_not_even_a_local_run(
+    instance: MakeInstance, codec: Any
+) -> None:
+    ran: list[int] = []
+
     async def wf(ctx: WorkflowContext) -> Any:
-        return await ctx.run(lambda: 7)
+        return await ctx.run(lambda: ran.append(7))
+
+    decision = run(wf, instance, codec, [], cancel=True)
+
+    assert decision.status is Status.CANCELLED
+    assert ran == []
+
+
+def test_workflow_that_ends_without_a_new_command_is_not_interrupted(
+    instance: MakeInstance, codec: Any
+) -> None:
+    async def wf(ctx: WorkflowContext) -> Any:
+        return 7
 
     decision = run(wf, instance, codec, [], cancel=True)
 
@@ -356,3 +375,23 @@ def test_cancel_during_a_rollback_reports_the_interrupted_compensation_failing(
     details = ended.failure.details if ended.failure else ""
     assert "step 'bank.refund_credit': LedgerDown: offline" in (details or "")
     assert "a cancellation arrived while the saga rolled back" in (details or "")
+
+
+def test_cancel_before_new_commands_replays_after_a_completed_step(
+    instance: MakeInstance, codec: Any
+) -> None:
+    """A CANCEL thrown before the next command follows a completed step in the journal;
+    replays throw it at the next await, not at the completed step's (issue 9, item 10)."""
+    journal = commit([], run(saga, instance, codec, []))
+    journal = done(journal, 0, "r1")
+
+    cancelled = run(saga, instance, codec, journal, cancel=True, now=LATER)
+    assert [(e.seq, e.kind, e.name) for e in cancelled.new_events] == [
+        (1, Kind.CANCEL, "cancel before"),
+        (2, Kind.STEP, "pay.release"),
+    ]
+    assert cancelled.steps == [ScheduleStep(2, "pay.release", (1,), {})]  # never pay.charge
+    journal = commit(journal, cancelled)
+
+    ended = run(saga, instance, codec, done(journal, 2), cancel=True, now=LATER)
+    assert (ended.status, ended.failure, ended.new_events) == (Status.CANCELLED, CANCELLED, [])
