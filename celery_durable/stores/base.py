@@ -63,7 +63,8 @@ class Commit:
         rewind_from: ``durable.retry`` of a failed instance: the events from this seq on
             are deleted (the failure point and everything after it) and the signals they
             consumed go back to the inbox (``inbox`` counts them again), in the same
-            transaction.
+            transaction and before the rest of the commit applies (its ``outcomes``,
+            ``consumed`` and ``new_events`` are those of the journal left).
     """
 
     instance_id: str

@@ -8,8 +8,9 @@ data-modifying CTEs hanging off the compare-and-set ``UPDATE``, so the statement
 own transaction and writes nothing unless the version (and, for outcomes, every event's
 pending state) still matched. The statements are cached by shape, so psycopg prepares
 them on the server after a few uses. The calls recovery makes often are single statements
-too: :meth:`PostgresStore.heartbeat` (every few seconds per running step; its transaction
-does not wait for the WAL flush), :meth:`PostgresStore.claim_due` (the tick),
+too: :meth:`PostgresStore.start_step` (once per step run) and
+:meth:`PostgresStore.heartbeat` (every few seconds per running step; neither transaction
+waits for the WAL flush), :meth:`PostgresStore.claim_due` (the tick),
 :meth:`PostgresStore.send_signal`, :meth:`PostgresStore.request_cancel`,
 :meth:`PostgresStore.get_many` and :meth:`PostgresStore.signals`.
 Everything else is inherited from
@@ -106,9 +107,11 @@ _REQUEST_CANCEL = (
 # The instance row is locked first (as a commit does); the step is marked started only if
 # the instance is on that run and the event is a pending step of that name; only then is
 # the version bumped and wake_at pulled. The journal is read in the same statement (from
-# its snapshot: before the mark, which the caller applies from the last three columns).
+# its snapshot: before the mark, which the caller applies from the last columns). The
+# snapshot predates a commit the lock waited for; the version of the row locked (the
+# latest: READ COMMITTED re-reads a row that changed) tells the caller to read again.
 _START_STEP = (
-    "WITH inst AS (SELECT id FROM durable_instances WHERE id = %(id)s AND run = %(run)s"
+    "WITH inst AS (SELECT id, version FROM durable_instances WHERE id = %(id)s AND run = %(run)s"
     f" AND {_UNFINISHED} FOR UPDATE),"
     " mark AS (UPDATE durable_events e SET state = 'started', started_at = %(at)s,"
     " heartbeat_at = %(at)s, attempts = e.attempts + 1 FROM inst"
@@ -121,6 +124,7 @@ _START_STEP = (
     f" SELECT {', '.join('i.' + c.strip() for c in _INSTANCE_COLUMNS.split(','))}, "
     f"{', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))}, "
     "(SELECT attempts FROM mark), (SELECT version FROM bump), (SELECT wake_at FROM bump),"
+    " (SELECT version FROM inst),"
     # A lost start mark (a database crash) only delays recovery: no WAL flush wait.
     " set_config('synchronous_commit', 'off', true)"
     " FROM durable_instances i LEFT JOIN durable_events e ON e.instance_id = i.id"
@@ -344,21 +348,28 @@ class PostgresStore(SQLAlchemyStore):
         if not rows:
             return StepStart(None, False)
         tail = len(_EVENT_COLUMNS.split(","))
-        attempts, version, wake_at = rows[0][_EVENTS_AT + tail : _EVENTS_AT + tail + 3]
+        attempts, version, wake_at, locked = rows[0][_EVENTS_AT + tail : _EVENTS_AT + tail + 4]
         instance = _instance(rows[0])
         found = [_event(row[_EVENTS_AT:]) for row in rows if row[_EVENTS_AT] is not None]
         if attempts is None:
+            if locked != instance.version and (
+                locked is not None or (instance.run == run and not instance.status.is_terminal)
+            ):
+                # The lock waited for a commit (which may have journaled the step, or
+                # restarted or finished the instance): the snapshot is older than it.
+                return StepStart(self.load(instance_id), False)
             return StepStart((instance, found), False)
-        if version != instance.version + 1 or seq >= len(found):
+        index = next((i for i, e in enumerate(found) if e.seq == seq), None)
+        if version != instance.version + 1 or index is None:
             # The snapshot predates a commit the mark waited for: read again.
             return StepStart(self.load(instance_id), True)
         instance.version = version
         instance.wake_at = _utc(wake_at)
-        found[seq] = dataclasses.replace(
-            found[seq],
+        found[index] = dataclasses.replace(
+            found[index],
             state=State.STARTED,
-            started_at=at,
-            heartbeat_at=at,
+            started_at=_utc(at),
+            heartbeat_at=_utc(at),
             attempts=attempts,
         )
         return StepStart((instance, found), True)

@@ -255,6 +255,10 @@ class SQLAlchemyStore:
                 )
                 if moved.rowcount != 1:
                     raise _Abort
+                if commit.rewind_from is not None:
+                    # First: the rest of the commit applies to the journal left, so its
+                    # own new events may consume the signals the tail gives back.
+                    self._rewind(conn, commit.instance_id, commit.rewind_from)
                 for seq, values in outcomes:
                     written = conn.execute(
                         update(events)
@@ -298,8 +302,6 @@ class SQLAlchemyStore:
                             + case((events.c.state == State.STARTED.value, 1), else_=0),
                         )
                     )
-                if commit.rewind_from is not None:
-                    self._rewind(conn, commit.instance_id, commit.rewind_from)
                 if restart:
                     # The old run's journal and the signals it consumed go; the inbox stays.
                     conn.execute(delete(events).where(events.c.instance_id == commit.instance_id))

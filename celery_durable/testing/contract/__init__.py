@@ -21,7 +21,9 @@ threads). This package imports pytest; nothing else in celery_durable imports it
 
 The tests are grouped by concern into mixins, one module each: :mod:`.journal`
 (create, get, load, list, commit), :mod:`.recovery` (heartbeat, resent steps,
-claim_due), :mod:`.signals` and :mod:`.lifecycle` (cancel, get_many, restart);
+claim_due), :mod:`.signals`, :mod:`.lifecycle` (cancel, get_many, restart),
+:mod:`.steps` (start_step, reschedule_step, run-checked heartbeats, resends) and
+:mod:`.runs` (run numbers, notes, rewinds, children);
 :mod:`.builders` holds the helpers they share, re-exported here for store-specific tests.
 """
 
@@ -43,7 +45,9 @@ from celery_durable.testing.contract.builders import (
 from celery_durable.testing.contract.journal import JournalContract
 from celery_durable.testing.contract.lifecycle import LifecycleContract
 from celery_durable.testing.contract.recovery import RecoveryContract
+from celery_durable.testing.contract.runs import RunContract
 from celery_durable.testing.contract.signals import SignalContract
+from celery_durable.testing.contract.steps import StepContract
 
 __all__ = [
     "ELSEWHERE",
@@ -51,7 +55,9 @@ __all__ = [
     "JournalContract",
     "LifecycleContract",
     "RecoveryContract",
+    "RunContract",
     "SignalContract",
+    "StepContract",
     "StoreContract",
     "assert_event_types",
     "assert_instance_types",
@@ -65,5 +71,12 @@ __all__ = [
 ]
 
 
-class StoreContract(JournalContract, RecoveryContract, SignalContract, LifecycleContract):
+class StoreContract(
+    JournalContract,
+    RecoveryContract,
+    SignalContract,
+    LifecycleContract,
+    StepContract,
+    RunContract,
+):
     """The store contract. Subclasses provide a ``store`` fixture (a fresh, empty store)."""
