@@ -501,6 +501,11 @@ class _Pass:
         # The new run starts over an empty journal: nothing of this pass is journaled,
         # except that the signals it took are consumed (so the new run does not get them).
         self._check_consumed(f"continued as new after {self.cursor.seq} commands")
+        if self.cancel_pending:
+            # A cancel requested while this run ended without a new command to throw it
+            # at: it applies at the run boundary, never silently dropped with the run.
+            failure = Failure("WorkflowCancelled", "cancelled as its run continued as new")
+            return self._decision(Status.CANCELLED, failure=failure)
         return Decision(
             Status.RUNNING, restart_input=restart_input, consumed=self.settlement.consumed
         )

@@ -13,12 +13,14 @@ only when a process died, nothing while tasks succeed:
 * below that, the loss is counted and the step is sent again (by Celery's requeue, or
   here after a hard time limit, whose message Celery acked);
 * an orchestrator pass killed by its hard time limit (workflow code that blocks and
-  swallowed the soft limit) parks its instance as ``stuck``.
+  swallowed the soft limit), or one that killed its process more than
+  ``durable_max_resends`` times in a row, parks its instance as ``stuck``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -72,20 +74,59 @@ class DurableStepRequest(Request):  # type: ignore[misc]
         return super().on_failure(exc_info, send_failed_event, return_ok)
 
 
+#: Orchestrator passes of each instance that died with their pool process, as this
+#: worker's main process saw them (workflow code that crashes the interpreter).
+_PASS_LOSSES: Counter[str] = Counter()
+
+
 class ResumeRequest(Request):  # type: ignore[misc]
     """The Request of the orchestrator task: parks an instance whose pass was killed by
-    its hard time limit (workflow code that blocks)."""
+    its hard time limit (workflow code that blocks), or whose passes killed their pool
+    process more than ``durable_max_resends`` times in a row on this worker (Celery would
+    requeue the pass, and lose a process, for ever)."""
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
     ) -> Any:
         died = _died(exc_info)
-        if isinstance(died, TimeLimitExceeded) and self.args:
+        if died is not None and self.args:
             try:
-                park_blocked(self.task.durable, str(self.args[0]))
+                _pass_died(self.task.durable, str(self.args[0]), died)
             except Exception:
                 logger.exception("resume %s: could not park its instance", self.id)
+        elif self.args:
+            _PASS_LOSSES.pop(str(self.args[0]), None)
         return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> Any:
+        if self.args:
+            _PASS_LOSSES.pop(str(self.args[0]), None)
+        return super().on_success(failed__retval__runtime, **kwargs)
+
+
+def _pass_died(durable: Durable, workflow_id: str, died: BaseException) -> None:
+    """An orchestrator pass of ``workflow_id`` died with its process: park the instance if
+    a hard time limit killed it, or if its passes keep killing their process."""
+    if isinstance(died, TimeLimitExceeded):
+        limit = durable.settings.resume_time_limit
+        message = (
+            "the orchestrator pass was killed after running longer than "
+            f"durable_resume_time_limit ({limit:g} s) and its grace: workflow code must not "
+            "block (no I/O, sleeps or long loops outside ctx commands); move slow work into "
+            "a step, deploy, then retry the instance"
+        )
+        park(durable, workflow_id, Failure("TimeLimitExceeded", message))
+        return
+    _PASS_LOSSES[workflow_id] += 1
+    if _PASS_LOSSES[workflow_id] <= durable.settings.max_resends:
+        return  # Celery requeues it: the process may have died for another reason
+    del _PASS_LOSSES[workflow_id]
+    message = (
+        f"its orchestrator pass killed the worker process running it "
+        f"{durable.settings.max_resends + 1} times in a row ({died}): workflow code must "
+        "not crash the interpreter; fix it, deploy, then retry the instance"
+    )
+    park(durable, workflow_id, Failure("WorkerLostError", message))
 
 
 def record_loss(
@@ -157,16 +198,8 @@ def record_loss(
             return
 
 
-def park_blocked(durable: Durable, workflow_id: str) -> None:
-    """Park an instance whose orchestrator pass was killed by its hard time limit."""
-    limit = durable.settings.resume_time_limit
-    failure = Failure(
-        "TimeLimitExceeded",
-        f"the orchestrator pass was killed after running longer than "
-        f"durable_resume_time_limit ({limit:g} s) and its grace: workflow code must not "
-        "block (no I/O, sleeps or long loops outside ctx commands); move slow work into a "
-        "step, deploy, then retry the instance",
-    )
+def park(durable: Durable, workflow_id: str, failure: Failure) -> None:
+    """Park a live instance as ``stuck`` with ``failure`` (a retry resumes it)."""
     for _ in range(_ROUNDS):
         instance = durable.store.get(workflow_id)
         if instance is None or instance.status not in (Status.PENDING, Status.RUNNING):

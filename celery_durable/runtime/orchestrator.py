@@ -174,6 +174,14 @@ def advance(
         if loaded is None:
             raise WorkflowNotFound(f"no workflow instance with id {instance_id!r} in the store")
         instance, events = loaded
+        if not instance.status.is_terminal and instance.status is not Status.STUCK:
+            refused = _refused_serializer(durable, instance)
+            if refused is not None:
+                parked = replace(instance, status=Status.STUCK, failure=refused)
+                if commit_beside(durable, parked, wake_at=None):
+                    logger.error("workflow %s is stuck: %s", instance_id, refused.message)
+                    return
+                continue
         outcomes: list[Event] = []
         if outcome is not None:
             journaled = _belongs(instance, events, outcome)
@@ -322,6 +330,16 @@ def _wait_for_worker(durable: Durable, instance: Instance, outcomes: list[Event]
         pause,
     )
     return True
+
+
+def _refused_serializer(durable: Durable, instance: Instance) -> Failure | None:
+    """Why the instance's payloads may not be decoded here, if they may not (a serializer
+    outside ``durable_accept_content``): the instance parks rather than failing each pass."""
+    try:
+        durable.codec(instance.serializer)
+    except SerializationError as exc:
+        return Failure("SerializationError", str(exc))
+    return None
 
 
 def _parent_closed(durable: Durable, instance: Instance) -> str | None:

@@ -8,7 +8,8 @@
   its first 100 ms is sent again within 30 s (plus the tick interval) with the DEFAULT
   settings (step timeout 300 s, heartbeat 2 s, tick 5 s) and Redis's default visibility
   timeout (3600 s): its start mark tells recovery it had started.
-* Workflow code that blocks is stopped by the resume time limit and parks as ``stuck``.
+* Workflow code that blocks is stopped by the resume time limit and parks as ``stuck``;
+  workflow code that kills its process parks after ``durable_max_resends`` + 1 passes.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from celery_durable.client import start
 from chaos import report
 from chaos.apps import Record, read_records
 from chaos.cluster import Cluster, wait_for
-from chaos.trust_app import BLOCKS, OVER_TIME, POISON, SHORT, make_app
+from chaos.trust_app import BLOCKS, CRASHES, OVER_TIME, POISON, SHORT, make_app
 
 #: The promise: a step whose worker died is sent again within this many seconds of the
 #: kill, plus one tick interval (5 s by default).
@@ -189,3 +190,19 @@ def test_workflow_code_that_blocks_parks_on_the_resume_time_limit(trust_sqlite: 
     assert error is not None
     assert error.type == "SoftTimeLimitExceeded"
     assert "durable_resume_time_limit (2 s)" in error.message
+
+
+@pytest.mark.timeout(120)
+def test_workflow_code_that_kills_its_process_parks_after_max_resends(
+    trust_sqlite: Trust,
+) -> None:
+    trust = trust_sqlite
+    worker = trust.cluster.worker("worker", concurrency=2)
+    trust.cluster.wait_ready(worker)
+    handle = start(trust.durable, CRASHES, (), {})
+    assert trust.wait_done(handle.id, 60) is Status.STUCK
+    error = handle.status().error
+    assert error is not None
+    assert error.type == "WorkerLostError"
+    assert "killed the worker process running it 4 times in a row" in error.message
+    assert worker.popen.poll() is None

@@ -22,6 +22,7 @@ POISON = "trust.poison_workflow"
 SHORT = "trust.short_steps"
 OVER_TIME = "trust.over_time_workflow"
 BLOCKS = "trust.blocking_workflow"
+CRASHES = "trust.crashing_workflow"
 
 #: How long each short step runs: shorter than one heartbeat interval (2 s).
 SHORT_SECONDS = 0.3
@@ -96,6 +97,11 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
     @durable.workflow(name=BLOCKS)
     async def blocking_workflow(ctx: WorkflowContext) -> str:
         time.sleep(60)  # workflow code that blocks: a bug the resume time limit catches
+        return "never"
+
+    @durable.workflow(name=CRASHES)
+    async def crashing_workflow(ctx: WorkflowContext) -> str:
+        os.kill(os.getpid(), signal.SIGKILL)  # workflow code that kills its process
         return "never"
 
     return app, durable

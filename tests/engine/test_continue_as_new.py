@@ -96,3 +96,18 @@ def test_restart_before_the_end_of_the_journal_is_stuck(instance: MakeInstance, 
     decision = replay(wf, instance(), journal, codec=codec, now=NOW)
 
     assert (decision.status, decision.restart_input) == (Status.STUCK, None)
+
+
+def test_a_cancel_pending_when_the_run_continues_as_new_cancels_the_instance(
+    instance: MakeInstance, codec: Any
+) -> None:
+    """Issue 9: the restart would clear the cancel request; it applies at the boundary."""
+
+    async def wf(ctx: WorkflowContext, n: int) -> None:
+        ctx.continue_as_new(n + 1)
+
+    decision = replay(wf, instance(0), [], codec=codec, now=NOW, cancel_requested=True)
+
+    assert (decision.status, decision.restart_input) == (Status.CANCELLED, None)
+    assert decision.failure is not None
+    assert decision.failure.type == "WorkflowCancelled"

@@ -159,3 +159,25 @@ def test_an_app_that_chose_pickle_runs_end_to_end(app: Celery, worker: Any) -> N
         )
     finally:
         durable.store.close()
+
+
+def test_a_resumed_pickle_row_in_a_json_app_parks_without_unpickling(
+    durable: Durable, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    armed = base64.b64encode(pickle.dumps(Armed(marker))).decode("ascii")
+
+    @durable.workflow(name="evil.flow")
+    async def flow(ctx: WorkflowContext) -> None:
+        return None
+
+    durable.store.create(Instance("evil-2", "evil.flow", Status.PENDING, armed, "pickle", T0, T0))
+    durable.advance("evil-2")  # what the resume task does
+
+    instance = durable.store.get("evil-2")
+    assert instance is not None
+    assert instance.status is Status.STUCK
+    assert instance.failure is not None
+    assert instance.failure.type == "SerializationError"
+    assert "durable_accept_content" in instance.failure.message
+    assert not marker.exists()
