@@ -437,15 +437,17 @@ def retry(runtime: Runtime, workflow_id: str) -> WorkflowHandle[Any]:
     (Azure Durable Functions' "rewind"): the journal record whose failure failed the
     workflow and everything after it are removed (signals they took go back to the inbox;
     a failed child is rewound too), so that step is sent again while everything before it
-    replays from the journal. A cancellation requested while the instance was stuck
-    applies when it resumes.
+    replays from the journal. An instance that sent steps after its failure point
+    (compensations) is not rewound: their effects cannot be forgotten. A cancellation
+    requested while the instance was stuck applies when it resumes.
 
     Returns:
         A handle on the instance.
 
     Raises:
         WorkflowNotFound: no such instance.
-        DurableError: the instance is neither stuck nor failed.
+        DurableError: the instance is neither stuck nor failed, or it failed and then
+            sent steps (compensations) that a rewind would forget.
     """
     while True:
         loaded = runtime.store.load(workflow_id)
@@ -460,6 +462,8 @@ def retry(runtime: Runtime, workflow_id: str) -> WorkflowHandle[Any]:
         point = None
         if instance.status is Status.FAILED:
             point = _failure_point(instance, events)
+            if point is not None:
+                _check_rewindable(instance, events, point)
             if point is not None and point.kind is Kind.CHILD and point.input:
                 child_id = runtime.codec(instance.serializer).loads(point.input)[0][0]
                 child = runtime.store.get(child_id)
@@ -479,6 +483,20 @@ def retry(runtime: Runtime, workflow_id: str) -> WorkflowHandle[Any]:
             break
     runtime.send_resume(workflow_id)
     return WorkflowHandle(runtime, workflow_id)
+
+
+def _check_rewindable(instance: Instance, events: Sequence[Event], point: Event) -> None:
+    """Refuse to rewind past steps or children sent after the failure point (typically
+    compensations): their effects happened, and a rewind would forget them from the
+    journal while the workflow goes on as if they had not."""
+    after = [e for e in events[point.seq + 1 :] if e.kind in (Kind.STEP, Kind.CHILD)]
+    if after:
+        names = ", ".join(f"seq {e.seq} {e.kind.value} {e.name!r}" for e in after)
+        raise DurableError(
+            f"workflow {instance.id} failed at seq {point.seq} ({point.name!r}) and then sent "
+            f"{names} (compensations, typically); a rewind would forget what they did. "
+            "It stays failed: start a new instance to do the work again"
+        )
 
 
 def _failure_point(instance: Instance, events: Sequence[Event]) -> Event | None:

@@ -260,6 +260,7 @@ def advance(
             and decision.restart_input is None
             and decision.status is instance.status
             and wake.at == instance.wake_at
+            and instance.note is None  # a note of why it waited: cleared by this commit
             and (
                 not decision.sets_custom_status or decision.custom_status == instance.custom_status
             )
