@@ -3,10 +3,12 @@
 Starts a throwaway Redis (the broker) and PostgreSQL (the store, fsync on), two
 ``celery worker --pool=prefork --concurrency=2`` and two ``celery beat`` subprocesses, and
 runs the rounds of ``tests/chaos/soak.py`` (the code CI runs, one round per fault) until
-``--duration`` seconds have passed: every round starts the whole mix and injects one fault
+``--duration`` seconds have passed: every round starts the whole mix (``tests/chaos/mix.py``:
+among others a continue-as-new with a straggler, a poison step in a saga, short steps the
+worker kills aim at) and one of its workflows again under its id, and injects one fault
 drawn at random (a round in eight has none, for the baseline). Then it checks every
-workflow, the journal's audit trail and the run log (``tests/chaos/verdict.py``) and prints
-the figures::
+workflow, the journal's audit trail and the run log (``tests/chaos/verdict.py`` and
+``tests/chaos/losses_and_runs.py``) and prints the figures::
 
     python bench/chaos.py --duration 600 [--seed 1] [--generic-store]
 

@@ -7,7 +7,19 @@ builds the same app in its own process to start workflows and send signals.
 The mix covers what the library promises to carry through a crash: steps with Celery
 retries (``autoretry_for``), local runs (``ctx.run``), short timers (ETA messages) and
 long ones (store only, woken by the tick), signals, ``ctx.gather`` with a child
-workflow, a saga whose compensation runs, and a saga cancelled from outside.
+workflow, a saga whose compensation runs, a saga cancelled from outside, and what issue 9
+promised:
+
+* ``mix.renewed``: run 1 races a slow step against a short timer (``ctx.first``), the
+  timer wins, and it continues as new while the step still runs (a straggler); run 2
+  calls the same step with other arguments. Its result must be run 2's own, under run 2's
+  idempotency key, and nothing of the straggler may be journaled into run 2;
+* ``mix.poisoned``: a saga around a poison step that SIGKILLs its own pool process every
+  run: it must fail with ``StepLost`` after ``durable_max_resends`` re-sends, and
+  compensate;
+* ``mix.short_steps``: a chain of steps shorter than the heartbeat interval, the steps
+  the worker-kill faults aim at: a killed one must run again within
+  ``durable_heartbeat_interval`` x 5 plus the tick.
 
 Every step writes its life to the run log (a file of ``label key event pid time`` lines,
 one ``O_APPEND`` write each, so lines from many processes never mix): ``start``, then
@@ -23,8 +35,10 @@ Test plumbing, none of it in the library:
   (``app.amqp.send_task_message`` wrapped), the copy up to 3 s late: duplicate delivery
   on demand, both racing the first copy and long after it;
 * a crash point of :mod:`celery_durable.faults` is armed by creating
-  ``<root>/armed/<point>``; the first worker process to reach it takes the file (an atomic
-  rename, so exactly one does), logs it and SIGKILLs itself.
+  ``<root>/armed/<point>``; the first pool process to reach it takes the file (an atomic
+  rename, so exactly one does), logs it and SIGKILLs itself. A worker's main process
+  reaches ``store.mid_commit`` too since it journals the loss of a pool process's step;
+  it never fires there: a main process killed is the ``worker_group_kill`` fault.
 """
 
 from __future__ import annotations
@@ -49,6 +63,18 @@ LATE_COPY = 3.0
 
 #: The idempotency key's attempt number is appended to a log key as ``#attemptN``.
 ATTEMPT_SEP = "#attempt"
+
+#: ``mix.renewed``: the timer its run 1 races the slow step against (seconds).
+RACE_TIMER = 0.3
+
+#: ``mix.renewed``: what its step returns (run 1's straggler gives ``probe 0 <key>``).
+PROBE = "probe"
+
+#: Label of the poison step's runs in the run log.
+POISON = "poison"
+
+#: Labels of ``mix.short_steps``'s steps start with this (``short0``, ``short1``, ...).
+SHORT = "short"
 
 
 class CreditRefused(Exception):
@@ -164,8 +190,11 @@ def install_crash_points(config: MixConfig) -> None:
     """Arm :mod:`celery_durable.faults` in this process: a point crashes the first
     process that reaches it after ``<root>/armed/<point>`` was created."""
     config.armed.mkdir(parents=True, exist_ok=True)
+    main = os.getpid()  # a worker's main process imports this before it forks its pool
 
     def crash_if_armed(name: str) -> None:
+        if os.getpid() == main:
+            return
         armed = config.armed / name
         try:
             os.rename(armed, config.armed / f"{name}.fired")
@@ -267,6 +296,28 @@ def make_mix_app(config: MixConfig) -> MixApp:
         effect("flaky")
         return "flaky-ok"
 
+    @durable.step(name="mix.probe")
+    def probe(n: int, seconds: float) -> str:
+        idem, _log_key = key()
+        effect(f"{PROBE}{n}", seconds)
+        return f"{PROBE} {n} {idem}"
+
+    @durable.step(name="mix.poison")
+    def poison() -> None:
+        _idem, log_key = key()
+        log_line(config.log, POISON, log_key, "start")
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a segfault would
+
+    @durable.step(name="mix.reserve")
+    def reserve(account: str) -> str:
+        effect("reserve")
+        return f"reserved-{account}"
+
+    @durable.step(name="mix.release")
+    def release(account: str) -> str:
+        effect("release")
+        return f"released-{account}"
+
     def new_token() -> str:
         return uuid.uuid4().hex
 
@@ -322,6 +373,31 @@ def make_mix_app(config: MixConfig) -> MixApp:
             saga.compensate(unhold)
             await ctx.step(work, "held", seconds)  # the soak cancels it about here
         return "not cancelled"
+
+    @durable.workflow(name="mix.renewed")
+    async def renewed(
+        ctx: WorkflowContext, slow: float, earlier: list[Any] | None = None
+    ) -> list[Any]:
+        if earlier is None:  # run 1: the timer wins, the step goes on as a straggler
+            winner, _ = await ctx.first(ctx.step(probe, 0, slow), ctx.sleep(RACE_TIMER))
+            ctx.continue_as_new(slow, [ctx.run_number, winner, str(ctx.uuid4())])
+        mine = await ctx.step(probe, 1, 0.2)  # the same step (and seq) as run 1's
+        return [earlier, [ctx.run_number, str(ctx.uuid4()), mine]]
+
+    @durable.workflow(name="mix.poisoned")
+    async def poisoned(ctx: WorkflowContext, account: str) -> str:
+        async with ctx.saga() as saga:
+            await ctx.step(reserve, account)
+            saga.compensate(release, account)
+            await ctx.step(poison)  # fails StepLost after durable_max_resends re-sends
+        return "not lost"
+
+    @durable.workflow(name="mix.short_steps")
+    async def short_steps(ctx: WorkflowContext, count: int, seconds: float) -> list[str]:
+        done = []
+        for i in range(count):
+            done.append(await ctx.step(work, f"{SHORT}{i}", seconds))
+        return done
 
     if config.changed_code:
         # The bad deploy: the first command is now another step, so a journal written by

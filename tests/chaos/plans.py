@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+#: ``mix.renewed``: how long run 1's step runs (it loses its race against a 0.3 s timer,
+#: so it is still running when the instance continues as new).
+STRAGGLER_SECONDS = 2.5
+
+#: ``mix.short_steps``: that many steps of that many seconds, shorter than the soak's
+#: heartbeat interval (0.5 s): a chain that runs through the moment of the round's fault.
+SHORT_STEPS = 12
+SHORT_SECONDS = 0.3
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,11 @@ class Planned:
     """Labels of steps that may take effect, at most once (a cancelled workflow's)."""
     cancel_after: float | None = None
     """Seconds after the round's start at which the soak cancels it."""
+    args: tuple[Any, ...] = ()
+    """The arguments it was started with."""
+    conflicting_args: tuple[Any, ...] | None = None
+    """If set, the soak starts it again with ``args`` (the same handle must come back)
+    and with these (``WorkflowIdConflict`` must be raised, and nothing stored)."""
 
 
 def plan_round(
@@ -42,7 +56,7 @@ def plan_round(
     tag = f"r{number}-{uuid.uuid4().hex[:6]}"
     p1, p2 = f"{tag}-go-1", f"{tag}-go-2"
     refuse = number % 2 == 1
-    return [
+    plans: list[tuple[Planned, tuple[Any, ...]]] = [
         (
             Planned(
                 f"{tag}-transfer",
@@ -52,6 +66,7 @@ def plan_round(
                 result=None if refuse else "transferred",
                 failure_type="CreditRefused" if refuse else "",
                 effects=("debit", "refund") if refuse else ("debit", "credit"),
+                conflicting_args=("acct", 1000 + number, refuse),
             ),
             ("acct", 10 + number, refuse),
         ),
@@ -118,14 +133,54 @@ def plan_round(
                 number,
                 "cancelled",
                 failure_type="WorkflowCancelled",
-                effects=("hold",),
-                # The step running when the cancel comes ends all the same (or never
-                # starts, if its message is lost: a cancelled workflow resends nothing);
-                # the compensation runs if the cancel came after ``hold`` was journaled.
-                optional=("held", "unhold"),
+                # A cancel is thrown before the workflow issues any new command: one that
+                # comes before the first pass means ``hold`` is never sent. The step
+                # running when the cancel comes ends all the same (or never starts, if
+                # its message is lost: a cancelled workflow resends nothing); the
+                # compensation runs if the cancel came after ``hold`` returned (checked
+                # against the journal).
+                optional=("hold", "held", "unhold"),
                 check="compensated_if_held",
                 cancel_after=rng.uniform(1.0, 2.0),
             ),
             (4.0,),
         ),
+        (
+            Planned(
+                f"{tag}-renewed",
+                "mix.renewed",
+                number,
+                "completed",
+                check="renewed",
+                effects=("probe1",),
+                # Run 1's step may never run: its message lost (or its run killed) after
+                # the instance moved on to run 2, nothing sends it again.
+                optional=("probe0",),
+            ),
+            (STRAGGLER_SECONDS,),
+        ),
+        (
+            Planned(
+                f"{tag}-poisoned",
+                "mix.poisoned",
+                number,
+                "failed",
+                failure_type="StepLost",
+                effects=("reserve", "release"),
+                check="poisoned",
+            ),
+            ("acct",),
+        ),
+        (
+            Planned(
+                f"{tag}-short",
+                "mix.short_steps",
+                number,
+                "completed",
+                result=[f"short{i}" for i in range(SHORT_STEPS)],
+                effects=tuple(f"short{i}" for i in range(SHORT_STEPS)),
+            ),
+            (SHORT_STEPS, SHORT_SECONDS),
+        ),
     ]
+    return [(replace(planned, args=args), args) for planned, args in plans]

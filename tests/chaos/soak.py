@@ -1,26 +1,29 @@
 """The fault soak: the workflow mix on real prefork workers and two beats, under faults.
 
 Run in rounds. Each round starts one workflow of every kind in the mix (``chaos.mix``),
-sends the signal workflow its two signals at random moments, injects one fault at a random
-moment (or none: the baseline), and waits for every workflow of the round to end. The
-faults:
+starts one of them again with the same workflow id and arguments (the same handle must
+come back) and with other arguments (``WorkflowIdConflict`` must be raised), sends the
+signal workflow its two signals at random moments, injects one fault at a random moment
+(or none: the baseline), and waits for every workflow of the round to end. The faults:
 
 * ``worker_group_kill``: SIGKILL of a worker's whole process group (main process and pool:
-  nothing is acked or requeued); a replacement worker starts at once;
+  nothing is acked or requeued), the worker running one of the short steps of
+  ``mix.short_steps`` if there is one; a replacement worker starts at once;
 * ``worker_restart``: a deploy: a worker gets SIGTERM (Celery's warm shutdown: running
   tasks finish, prefetched messages go back) and a new one starts;
 * ``bad_deploy``: changed code rolled out to every worker (a workflow changed so that its
   journals no longer replay: they park as stuck; another workflow missing: its passes
   wait), then rolled back, and every stuck instance retried (``durable.retry``);
-* ``pool_child_kill``: SIGKILL of one pool child, preferably one running a step (the main
-  process survives, sees the child die and requeues its message: ``reject_on_worker_lost``);
+* ``pool_child_kill``: SIGKILL of one pool child, preferably one running a step (one
+  running a short step, half the time); the main process survives, journals the loss
+  and requeues its message (``reject_on_worker_lost``);
 * ``redis_loss``: Redis SIGKILLed and restarted empty after a second (no persistence:
   every queued, scheduled and unacked message is gone);
 * ``postgres_restart``: PostgreSQL immediate shutdown, restarted two seconds later (crash
   recovery on start);
 * ``duplicates``: every task message published twice for the whole round, the copy up to
   3 s late (racing the first, or arriving long after it was handled);
-* ``crash:<point>``: the first worker process to reach a :mod:`celery_durable.faults`
+* ``crash:<point>``: the first pool process to reach a :mod:`celery_durable.faults`
   point SIGKILLs itself there (after a step ran, before its outcome is journaled; after an
   orchestrator commit, before its messages are published; in the middle of a commit).
 
@@ -49,13 +52,13 @@ import redis as redis_client
 from kombu.exceptions import OperationalError
 from servers import PostgresServer, RedisServer
 
-from celery_durable import faults
+from celery_durable import WorkflowIdConflict, faults
 from celery_durable.client import start
 from celery_durable.engine.journal import Status
 from celery_durable.errors import StoreError
 from chaos.audit import install_audit
 from chaos.cluster import STOP_TIMEOUT, Cluster, Proc, wait_for
-from chaos.mix import MixApp, MixConfig, make_mix_app
+from chaos.mix import SHORT, MixApp, MixConfig, make_mix_app
 from chaos.plans import Planned, plan_round
 
 #: The faults, in the order one CI run injects them.
@@ -71,6 +74,10 @@ FAULTS = (
     *(f"crash:{point}" for point in faults.POINTS),
 )
 
+#: How long a worker-kill fault may wait for a short step of ``mix.short_steps`` to be
+#: running, so that it hits one (a chain of 0.3 s steps: one runs most of the time).
+AIM_PATIENCE = 2.0
+
 #: What a publish raises while Redis is down.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (OperationalError, ConnectionError, OSError)
 
@@ -83,6 +90,18 @@ WORKERS = 2
 CONCURRENCY = 2
 
 
+@dataclass(frozen=True)
+class IdCheck:
+    """A planned workflow started again with its workflow id: what came back."""
+
+    id: str
+    same_args: str
+    """The id of the handle a start with the same arguments returned (or the error)."""
+    other_args: str
+    """``"refused"`` if a start with other arguments raised ``WorkflowIdConflict``, else
+    what happened."""
+
+
 @dataclass
 class Round:
     """One round: its workflows, its fault and when things happened (wall clock)."""
@@ -93,6 +112,9 @@ class Round:
     planned: list[Planned]
     fault_at: float | None = None
     fault_note: str = ""
+    killed_pids: tuple[int, ...] = ()
+    """The processes a worker-kill fault SIGKILLed."""
+    id_checks: list[IdCheck] = field(default_factory=list)
     lost_messages: int = 0
     """Messages in Redis (queued or unacked) when it was killed."""
     stuck: int = 0
@@ -191,15 +213,38 @@ class Soak:
 
     # ------------------------------------------------------------------ faults
 
-    def _busy_children(self) -> list[int]:
-        """Pool children of live workers, those running a mix step first."""
-        children: list[int] = []
-        for worker in self._workers():
-            with contextlib.suppress(psutil.Error):
-                children += [c.pid for c in psutil.Process(worker.popen.pid).children()]
-        running = _running_pids(self.config.log)
-        busy = [pid for pid in children if pid in running]
-        return busy or children
+    def _busy_children(self) -> tuple[list[int], dict[int, str]]:
+        """Pool children of live workers to kill, and what each runs: half the time those
+        running a short step of ``mix.short_steps`` (waiting up to
+        :data:`AIM_PATIENCE` for one), else those running a mix step (if any), else all."""
+        aim = self.rng.random() < 0.5
+        deadline = time.monotonic() + AIM_PATIENCE
+        while True:
+            children = [pid for worker in self._workers() for pid in _group(worker)[1:]]
+            running = _running(self.config.log)
+            busy = [pid for pid in children if pid in running]
+            short = [pid for pid in busy if running[pid].startswith(SHORT)]
+            if short and aim:
+                return short, running
+            if not aim or time.monotonic() > deadline:
+                return busy or children, running
+            time.sleep(0.02)
+
+    def _short_step_workers(self) -> tuple[list[Proc], dict[int, str]]:
+        """All live workers, those running a short step first (waiting up to
+        :data:`AIM_PATIENCE` for one), and what each process runs."""
+        deadline = time.monotonic() + AIM_PATIENCE
+        while True:
+            workers = self._workers()
+            running = _running(self.config.log)
+            aimed = [
+                w
+                for w in workers
+                if any(running.get(pid, "").startswith(SHORT) for pid in _group(w))
+            ]
+            if aimed or time.monotonic() > deadline:
+                return aimed or workers, running
+            time.sleep(0.02)
 
     def inject(self, fault: str, rnd: Round) -> None:
         """Inject ``fault`` now (``duplicates`` lasts the whole round; a ``crash:`` point is
@@ -208,15 +253,21 @@ class Soak:
         if fault.startswith("crash:"):
             (self.config.armed / fault.split(":", 1)[1]).touch()
         elif fault == "worker_group_kill":
-            victim = self.rng.choice(self._workers())
-            group = {victim.popen.pid}
-            with contextlib.suppress(psutil.Error):
-                group |= {c.pid for c in psutil.Process(victim.popen.pid).children()}
-            steps = len(group & _running_pids(self.config.log))
+            # The worker running a short step, if any: its kill measures how soon a step
+            # killed before its first heartbeat runs again.
+            workers, running = self._short_step_workers()
+            now = time.time()
+            victim = self.rng.choice(workers)
+            group = _group(victim)
+            labels = sorted(running[pid] for pid in group if pid in running)
             self.cluster.kill(victim)
             self.cluster.worker(next(self._names), CONCURRENCY)
-            rnd.fault_at = now
-            rnd.fault_note = f"killed {victim.name}'s process group ({steps} steps running)"
+            rnd.fault_at, rnd.killed_pids = now, tuple(group)
+            rnd.fault_note = (
+                f"killed {victim.name}'s process group ({len(labels)} steps running"
+                + (f": {', '.join(labels)}" if labels else "")
+                + ")"
+            )
         elif fault == "worker_restart":
             victim = self.rng.choice(self._workers())
             self._warm_shutdown([victim])
@@ -227,11 +278,14 @@ class Soak:
             rnd.fault_at = now
             rnd.fault_note = self._bad_deploy(rnd)
         elif fault == "pool_child_kill":
-            pids = self._busy_children()
+            pids, running = self._busy_children()
+            now = time.time()
             pid = self.rng.choice(pids)
+            label = running.get(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            rnd.fault_at, rnd.fault_note = now, f"killed pool child {pid}"
+            rnd.fault_at, rnd.killed_pids = now, (pid,)
+            rnd.fault_note = f"killed pool child {pid}" + (f" (running {label})" if label else "")
         elif fault == "redis_loss":
             messages = _broker_messages(self.redis.url)
             self.redis.kill()
@@ -345,6 +399,7 @@ class Soak:
                     errors=(Exception,),
                 )
                 rnd.planned.append(planned)
+            rnd.id_checks = [self._start_again(p) for p in rnd.planned if p.conflicting_args]
             t0 = time.time()
             actions: list[tuple[float, Callable[[], None]]] = []
             for planned in rnd.planned:
@@ -372,6 +427,30 @@ class Soak:
                 action()
             rnd.ended_at = self._wait_round(rnd)
         return rnd
+
+    def _start_again(self, planned: Planned) -> IdCheck:
+        """Start ``planned`` again under its workflow id: with the same arguments (its
+        handle must come back), then with ``conflicting_args`` (``WorkflowIdConflict``
+        must be raised; the verdict checks that nothing was stored)."""
+        durable = self.mix.durable
+
+        def again(args: tuple[Any, ...]) -> str | WorkflowIdConflict:
+            try:
+                return start(durable, planned.workflow, args, {}, workflow_id=planned.id).id
+            except WorkflowIdConflict as conflict:
+                return conflict
+
+        errors: tuple[type[BaseException], ...] = (StoreError, *BROKER_ERRORS)
+        same = retrying(lambda: again(planned.args), errors=errors)
+        assert planned.conflicting_args is not None
+        other = retrying(lambda: again(planned.conflicting_args or ()), errors=errors)
+        return IdCheck(
+            planned.id,
+            same_args=same if isinstance(same, str) else f"raised {same!r}",
+            other_args="refused"
+            if isinstance(other, WorkflowIdConflict)
+            else f"returned the handle of {other!r}",
+        )
 
     def _wait_round(self, rnd: Round) -> float | None:
         """Wait until every workflow of the round (and its children) ended."""
@@ -403,21 +482,35 @@ class Soak:
             self.mix.app.close()
 
 
-def _running_pids(log: Path) -> set[int]:
-    """Pids with a mix step started and not ended, per the run log."""
-    running: dict[str, int] = {}
+def _group(worker: Proc) -> list[int]:
+    """A worker's main process, then its pool children."""
+    pids = [worker.popen.pid]
+    children = []
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process(worker.popen.pid).children()
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:  # a dead child not reaped yet
+                pids.append(child.pid)
+    return pids
+
+
+def _running(log: Path) -> dict[int, str]:
+    """The label of the mix step each process has started and not ended, per the run log
+    (a process runs one step at a time; a dead one may stay listed)."""
+    running: dict[str, tuple[int, str]] = {}
     if not log.exists():
-        return set()
+        return {}
     for line in log.read_text().splitlines():
         parts = line.split()
         if len(parts) != 5:
             continue
-        _label, key, event, pid, _at = parts
+        label, key, event, pid, _at = parts
         if event == "start":
-            running[key] = int(pid)
+            running[f"{key} {pid}"] = (int(pid), label)
         elif event in ("end", "raise"):
-            running.pop(key, None)
-    return set(running.values())
+            running.pop(f"{key} {pid}", None)
+    return dict(running.values())
 
 
 def _broker_messages(url: str) -> int:

@@ -1,8 +1,11 @@
 """The fault soak, bounded for CI: one round of every fault, then every check.
 
 Each round starts the whole workflow mix (retries, local runs, short and long timers,
-signals, gather with a child, a saga that compensates, a saga cancelled from outside) on
-two prefork workers with two beats, and injects one fault: a worker's process group
+signals, gather with a child, a saga that compensates, a saga cancelled from outside, a
+continue-as-new whose first run leaves a straggler step, a saga around a poison step, a
+chain of steps shorter than a heartbeat) on two prefork workers with two beats, starts
+one workflow again under its id (same arguments: same handle; other arguments:
+``WorkflowIdConflict``), and injects one fault: a worker's process group
 SIGKILLed, a worker restarted as a deploy restarts it, a bad deploy rolled back, a pool
 child SIGKILLed, Redis killed and restarted empty, PostgreSQL shut down immediately and
 restarted, every message delivered twice, or a worker process crashing at one of the

@@ -12,11 +12,17 @@ The checks (``Verdict.violations`` lists every breach; a sound run has none):
   just before the commit, say a duplicate delivery's, is a race, counted not failed);
 * every step ran at least once, and took effect exactly once under its idempotency key;
 * every signal is consumed exactly once (the audit), and delivered in the order sent (the
-  results).
+  results);
+* lost steps, runs and workflow ids (``chaos.losses_and_runs``): continue-as-new under
+  stragglers, the poison step's ``StepLost`` after exactly ``durable_max_resends`` + 1
+  runs, how soon a short step killed with its worker runs again, starts under an
+  existing workflow id, no other step lost for good, no idempotency key shared.
 
-Extra step runs are counted and explained: the run before it was killed, ran at the same
-time (a duplicate delivery), or ended without its outcome being journaled (a crash between
-the two, or a store outage at the commit). Planned Celery retries are counted apart.
+Journal records are keyed by instance, run and seq (a run that continues as new starts
+again at seq 0). Extra step runs are counted and explained: the run before it was killed,
+ran at the same time (a duplicate delivery), or ended without its outcome being journaled
+(a crash between the two, or a store outage at the commit). Planned Celery retries and
+the poison step's runs are counted apart.
 """
 
 from __future__ import annotations
@@ -28,30 +34,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery_durable import Durable
+from celery_durable.engine.awaitables import CANCEL_BEFORE_COMMANDS as CANCEL_BEFORE
 from celery_durable.engine.journal import Instance
+from celery_durable.runtime.steps import step_task_id
+from chaos import losses_and_runs
 from chaos.audit import read_audit
-from chaos.mix import ATTEMPT_SEP, MixConfig, make_mix_app
+from chaos.mix import POISON, MixConfig, make_mix_app
 from chaos.plans import Planned
+from chaos.runlog import RACE_MARGIN, Run, read_runs, root_of
 from chaos.soak import SoakRun
 
-#: A run may start this long after its outcome's commit and still be a race (it read the
-#: journal just before the commit): scheduling jitter on a loaded two-core machine.
-RACE_MARGIN = 1.0
 FINAL = ("completed", "failed")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One execution of a step, from the run log."""
-
-    label: str
-    idem: str
-    attempt: int
-    pid: int
-    start: float
-    end: float | None
-    raised: bool
-    effect: bool
 
 
 @dataclass
@@ -69,69 +62,12 @@ class Verdict:
     cancels_too_late: Counter[str] = field(default_factory=Counter)
     """Cancelled sagas that completed first, by the fault of their round."""
     retries: int = 0
+    poison_runs: int = 0
     races: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.violations
-
-
-def read_runs(log_text: str) -> tuple[list[Run], list[tuple[str, float]]]:
-    """Step runs (in start order) and crash-point firings from the run log."""
-    starts: dict[str, tuple[str, int, float]] = {}
-    ends: dict[str, float] = {}
-    raised: set[str] = set()
-    effects: set[str] = set()
-    crashes: list[tuple[str, float]] = []
-    order: list[str] = []
-    for line in log_text.splitlines():
-        parts = line.split()
-        if len(parts) != 5:
-            continue
-        label, key, event, pid, at = parts
-        if label == "fault":
-            crashes.append((key, float(at)))
-            continue
-        # One run is one (log key, pid): a log key repeats when a killed run's attempt
-        # number is reused (nothing journaled its start).
-        run_key = f"{key} {pid}"
-        if event == "start":
-            starts[run_key] = (label, int(pid), float(at))
-            order.append(run_key)
-        elif event == "end":
-            ends[run_key] = float(at)
-        elif event == "raise":
-            raised.add(run_key)
-            ends[run_key] = float(at)
-        elif event == "effect":
-            effects.add(run_key)
-    runs = []
-    for run_key in order:
-        label, pid, at = starts[run_key]
-        log_key = run_key.split(" ", 1)[0]
-        idem, _, attempt = log_key.partition(ATTEMPT_SEP)
-        runs.append(
-            Run(
-                label,
-                idem,
-                int(attempt or 0),
-                pid,
-                at,
-                ends.get(run_key),
-                run_key in raised,
-                run_key in effects,
-            )
-        )
-    runs.sort(key=lambda r: r.start)
-    return runs, crashes
-
-
-def _root_of(idem: str, roots: list[str]) -> str | None:
-    """The planned workflow a step's idempotency key belongs to (children included)."""
-    for root in roots:
-        if idem.startswith(root + ":"):
-            return root
-    return None
 
 
 def judge(run: SoakRun, durable: Durable) -> Verdict:
@@ -152,8 +88,10 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
     for p in planned.values():
         instance = instances.get(p.id)
         if _finished_before_its_cancel(p, instance, durable):
-            # Legitimate only if a fault delayed the pass that would have thrown the
-            # cancellation until the workflow no longer blocked anywhere.
+            # A cancel is thrown before the workflow issues a new command, or where it
+            # waits; one that ends without issuing another is not interrupted. So this
+            # is legitimate only if no pass ran between the cancel request and the end
+            # of the saga's last step: a fault delayed or lost the cancel's pass.
             v.cancels_too_late[fault_of[p.id]] += 1
             if fault_of[p.id] == "none":
                 v.violations.append(f"{p.id}: completed despite its cancel, without a fault")
@@ -172,16 +110,19 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
             v.violations.append(f"child {child.id}: {child.status.value}, not completed")
 
     # 2. No journal record written twice; timers and outcomes once.
-    inserts: Counter[tuple[str, int]] = Counter()
-    finals: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    inserts: Counter[tuple[str, int, int]] = Counter()
+    finals: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
     consumed: Counter[tuple[str, int]] = Counter()
     for row in audit:
-        key = (row["instance_id"], row["seq"])
+        if row["tbl"] == "instances":
+            continue  # a new run (checked by chaos.losses_and_runs)
         if row["tbl"] == "signals":
+            signal = (row["instance_id"], row["seq"])
             if row["old_state"] is not None:
-                v.violations.append(f"signal of {key} consumed again: {row}")
-            consumed[key] += 1
+                v.violations.append(f"signal of {signal} consumed again: {row}")
+            consumed[signal] += 1
             continue
+        key = (row["instance_id"], row["run"], row["seq"])
         if row["old_state"] is None:
             inserts[key] += 1
         elif row["old_state"] in FINAL:
@@ -198,8 +139,8 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
     # 3. No run after the outcome was journaled; extra runs explained, and only in rounds
     #    with a fault.
     final_at: dict[str, float] = {
-        f"{instance_id}:{seq}": rows[0]["at"].timestamp()
-        for (instance_id, seq), rows in finals.items()
+        step_task_id(instance_id, seq, run_number): rows[0]["at"].timestamp()
+        for (instance_id, run_number, seq), rows in finals.items()
     }
     roots = sorted(planned, key=len, reverse=True)
     by_key: dict[str, list[Run]] = defaultdict(list)
@@ -215,8 +156,11 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
             else:
                 v.races += 1
     for idem, key_runs in by_key.items():
-        root = _root_of(idem, roots)
+        root = root_of(idem, roots)
         fault = fault_of.get(root or "", "?")
+        if key_runs[0].label == POISON:
+            v.poison_runs += len(key_runs)  # every run dies: chaos.losses_and_runs counts them
+            continue
         for before, after in itertools.pairwise(key_runs):
             if before.raised and before.label == "flaky":
                 v.retries += 1
@@ -238,7 +182,7 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
     effects: dict[str, Counter[str]] = defaultdict(Counter)
     ran: dict[str, set[str]] = defaultdict(set)
     for r in runs:
-        root = _root_of(r.idem, roots)
+        root = root_of(r.idem, roots)
         if root is None:
             continue
         ran[root].add(r.label)
@@ -262,11 +206,7 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
                     f"{p.id}: step {label} took effect {effects[p.id][label]} times"
                 )
         if p.check == "compensated_if_held":
-            # The compensation was registered once ``hold`` returned in the workflow: its
-            # step is in the journal exactly when the cancel came after that.
-            names = [e.name for e in durable.handle(p.id).history()]
-            if "mix.unhold" in names and effects[p.id]["unhold"] != 1:
-                v.violations.append(f"{p.id}: compensation journaled but took no effect")
+            v.violations += [f"{p.id}: {x}" for x in _compensation(p, durable, effects[p.id])]
         unexpected = set(effects[p.id]) - set(p.effects) - set(p.optional)
         if unexpected:
             v.violations.append(f"{p.id}: unexpected effects {sorted(unexpected)}")
@@ -278,7 +218,15 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
     if consumed_total != sent:
         v.violations.append(f"signals: {sent} sent, {consumed_total} consumptions journaled")
 
-    v.lines = _figures(run, v, runs, audit, timers, effect_keys, sent, consumed_total)
+    # 6. Lost steps, runs and workflow ids.
+    found = losses_and_runs.check(
+        losses_and_runs.Evidence(
+            durable, run.rounds, planned, instances, all_instances, runs, audit
+        )
+    )
+    v.violations += found.violations
+
+    v.lines = _figures(run, v, runs, audit, timers, effect_keys, sent, consumed_total, found.lines)
     return v
 
 
@@ -292,9 +240,42 @@ def judge_run(run: SoakRun) -> Verdict:
         mix.app.close()
 
 
+def _compensation(p: Planned, durable: Durable, effects: Counter[str]) -> list[str]:
+    """The cancelled saga compensated exactly when the journal says it must.
+
+    The compensation is registered once ``hold`` returned in the workflow, so it must run
+    when the cancel was thrown after that: before ``held`` was issued (a ``cancel
+    before`` event right after ``hold``) or while the saga waited on ``held``. Thrown while
+    it waited on ``hold`` (a ``cancel`` event right after it), or before ``hold`` was even
+    issued, nothing is compensated, and ``hold`` may run or not (a cancelled instance
+    sends nothing again)."""
+    history = durable.handle(p.id).history()
+    by_name = {e.name: e for e in history}
+    cancel = next((e for e in history if e.kind.value == "cancel"), None)
+    hold = by_name.get("mix.hold")
+    problems = []
+    if hold is not None and hold.state.value == "completed" and effects["hold"] != 1:
+        problems.append(f"hold journaled as completed, took effect {effects['hold']} times")
+    if cancel is None:
+        return problems  # completed: see _finished_before_its_cancel
+    must = hold is not None and (cancel.seq >= 2 or cancel.name == CANCEL_BEFORE)
+    if must != ("mix.unhold" in by_name):
+        problems.append(
+            f"cancel journaled at seq {cancel.seq} ({cancel.name!r}): compensation "
+            f"{'expected' if must else 'not expected'}, journal has "
+            f"{[e.name for e in history]}"
+        )
+    if "mix.unhold" in by_name and effects["unhold"] != 1:
+        problems.append("compensation journaled but took no effect")
+    return problems
+
+
 def _finished_before_its_cancel(p: Planned, instance: Instance | None, durable: Durable) -> bool:
-    """The cancelled saga completed: the cancel was requested, but no pass ran while it
-    still blocked (its step had ended), so there was nowhere to throw it."""
+    """The cancelled saga completed: the cancel was requested, but no pass ran between the
+    request and the end of its last step, and the pass that journaled that step's outcome
+    found the workflow ending without a new command: nowhere to throw the cancel (the
+    engine's rule, issue 9 included: a cancel is thrown before a new command or where the
+    workflow waits, and a workflow ending without one is not interrupted)."""
     if p.check != "compensated_if_held" or instance is None:
         return False
     if instance.status.value != "completed":
@@ -318,6 +299,8 @@ def _check_end(p: Planned, instance: Instance | None, durable: Durable) -> str:
             return f"failed with {failure}, planned {p.failure_type}"
         return ""
     result = durable.codec(instance.serializer).loads(instance.output) if instance.output else None
+    if p.check == "renewed":
+        return losses_and_runs.renewed_result(p, result)
     if p.check == "token_then_flaky":
         history = durable.handle(p.id).history()
         token = next(e.result for e in history if e.kind.value == "run")
@@ -338,6 +321,7 @@ def _figures(
     effect_keys: int,
     sent: int,
     consumed: int,
+    more: list[str],
 ) -> list[str]:
     rounds = run.rounds
     minutes = (run.finished - run.started) / 60
@@ -399,7 +383,8 @@ def _figures(
         lines += [row for row in rows if "NOT" in row or "never" in row]
     extra = sum(v.extra_runs.values())
     lines.append(
-        f"step runs: {len(runs)}; planned Celery retries: {v.retries}; extra runs: {extra}"
+        f"step runs: {len(runs)}; planned Celery retries: {v.retries}; poison step runs: "
+        f"{v.poison_runs}; extra runs: {extra}"
     )
     lines += [f"  {reason}: {n}" for reason, n in v.extra_runs.most_common()]
     if extra:
@@ -414,7 +399,7 @@ def _figures(
     records = sum(1 for row in audit if row["tbl"] == "events" and row["old_state"] is None)
     lines.append(
         f"journal: {records} records; outcomes journaled twice or rewritten: "
-        f"{sum('journal' in x or 'outcome journaled' in x for x in v.violations)}; "
+        f"{sum(x.startswith(('journal record', 'outcome journaled')) for x in v.violations)}; "
         f"timers fired: {len(timers)}, each once"
     )
     lines.append(f"signals: {sent} sent, {consumed} consumed (each exactly once)")
@@ -434,6 +419,7 @@ def _figures(
         f"{sum('after its outcome' in x for x in v.violations)} "
         f"(runs racing the commit by < {RACE_MARGIN:g} s: {v.races})"
     )
+    lines += more
     if run.unexpected_exits:
         lines.append(f"processes that exited on their own: {len(run.unexpected_exits)}")
         lines += [f"  {e}" for e in run.unexpected_exits]
