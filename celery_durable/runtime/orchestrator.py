@@ -310,7 +310,7 @@ def _wait_for_worker(durable: Durable, instance: Instance, outcomes: list[Event]
         ``False`` if the compare-and-set lost.
     """
     now = durable.now()
-    note = f"waiting for a worker that knows workflow {instance.workflow!r}"
+    note = f"waiting for a worker that knows workflow {instance.workflow}"
     since = instance.updated_at if instance.note == note else now
     settings = durable.settings
     pause = min(max((now - since).total_seconds(), settings.tick_interval), settings.step_timeout)

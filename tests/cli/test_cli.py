@@ -391,7 +391,7 @@ def test_signal_json_flag_requires_valid_json(celery: Celery, store: Store) -> N
 def test_show_prints_run_note_and_pending_signals(celery: Celery, store: Store) -> None:
     other = store.get("other")
     assert other is not None
-    note = "waiting for a worker that knows workflow 'cliapp.other'"
+    note = "waiting for a worker that knows workflow cliapp.other"
     at = T0 + timedelta(minutes=11)
     assert store.commit(Commit("other", other.version, Status.RUNNING, at, note=note))
     sent = T0 + timedelta(minutes=12)

@@ -95,6 +95,6 @@ def test_status_notes_why_a_live_instance_is_not_moving(durable: Durable, worker
     status = handle.status()
     assert status == Status.PENDING
     assert status.note is not None
-    assert "waiting for a worker that knows workflow 'nowhere.deployed'" in status.note
+    assert "waiting for a worker that knows workflow nowhere.deployed" in status.note
     (info,) = durable.list()
     assert info.note == status.note

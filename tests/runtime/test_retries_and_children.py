@@ -77,7 +77,7 @@ def test_an_unknown_workflow_waits_with_one_resume_at_a_time(
         client.close()
     assert most <= 1  # never more than one resume message in flight
     assert status == Status.PENDING
-    assert status.note == "waiting for a worker that knows workflow 'not.deployed'"
+    assert status.note == "waiting for a worker that knows workflow not.deployed"
 
 
 def _unacked(client: redis.Redis, queue: str) -> list[bytes]:

@@ -337,7 +337,7 @@ def test_resume_of_unknown_workflow_waits_for_the_code(durable: Durable, worker:
         wait_for(lambda: handle.status().note is not None, timeout=10)
         status = handle.status()
         assert status == Status.PENDING  # waiting, not failed or dropped
-        assert status.note == "waiting for a worker that knows workflow 'later.deployed'"
+        assert status.note == "waiting for a worker that knows workflow later.deployed"
         durable.workflow(name="later.deployed")(greet)
         # The tick (here called by hand) sends the one resume when the wait is due.
         wait_for(lambda: durable.recover() > 0 or handle.status() == Status.COMPLETED, 30)

@@ -45,7 +45,7 @@ class RunContract:
             status=Status.RUNNING,
             parent_id="wf-parent",
             run=7,
-            note="waiting for a worker that knows workflow 'money_transfer'",
+            note="waiting for a worker that knows workflow money_transfer",
             parent_close="cancel",
         )
         stored, created = store.create(instance)
@@ -127,7 +127,7 @@ class RunContract:
 
     def test_every_commit_writes_the_note(self, store: Store) -> None:
         store.create(make_instance("wf-note"))
-        waiting = "waiting for a worker that knows workflow 'money_transfer'"
+        waiting = "waiting for a worker that knows workflow money_transfer"
         notes = [waiting, waiting, None, "other", None]
 
         for version, note in enumerate(notes):
