@@ -10,7 +10,7 @@ drawn at random (a round in eight has none, for the baseline). Then it checks ev
 workflow, the journal's audit trail and the run log (``tests/chaos/verdict.py`` and
 ``tests/chaos/losses_and_runs.py``) and prints the figures::
 
-    python bench/chaos.py --duration 600 [--seed 1] [--generic-store]
+    python bench/chaos.py --duration 600 [--seed 1] [--generic-store] [--keep DIR]
 
 Exits 1 if any check failed.
 """
@@ -41,6 +41,12 @@ def main() -> int:
         action="store_true",
         help="the generic SQLAlchemy store on PostgreSQL instead of the fast path",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="write the run log, the effects and every worker's log here and keep them "
+        "(default: a temporary directory, removed at the end)",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     faults = [f for f in FAULTS if f != "none"]
@@ -58,7 +64,7 @@ def main() -> int:
         start_redis_restartable() as redis,
         start_postgres_restartable(durable=True) as postgres,
     ):
-        root = Path(tmp) / "soak"
+        root = args.keep or Path(tmp) / "soak"
         run = run_soak(
             root,
             redis,
