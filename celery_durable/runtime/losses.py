@@ -20,8 +20,10 @@ only when a process died, nothing while tasks succeed:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionWithTraceback
@@ -29,7 +31,7 @@ from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
 from celery_durable.engine.commands import ScheduleStep
-from celery_durable.engine.journal import Failure, Kind, Status
+from celery_durable.engine.journal import Event, Failure, Kind, State, Status
 from celery_durable.runtime.orchestrator import commit_beside
 from celery_durable.runtime.steps import parse_step_task_id
 
@@ -59,18 +61,28 @@ class DurableStepRequest(Request):  # type: ignore[misc]
     ) -> Any:
         died = _died(exc_info)
         if died is not None:
+            durable = self.task.durable
+            accepted_at = None
+            if self.time_start:  # wall-clock time the pool accepted it, in the runtime's clock
+                accepted_at = durable.now() - timedelta(seconds=time.time() - self.time_start)
+            again = True
             try:
-                record_loss(
-                    self.task.durable,
+                again = record_loss(
+                    durable,
                     self.id,
                     self.task.name,
                     tuple(self.args or ()),
                     dict(self.kwargs or {}),
                     acked=isinstance(died, TimeLimitExceeded),
                     why=f"{type(died).__name__}: {died}",
+                    accepted_at=accepted_at,
                 )
             except Exception:  # never let the bookkeeping break Celery's own handling
                 logger.exception("step %s: could not journal its lost run", self.id)
+            if not again:
+                # Journaled, failed for good, or already sent again by recovery: Celery
+                # must not requeue this copy too (its reject is then a no-op).
+                self.acknowledge()
         return super().on_failure(exc_info, send_failed_event, return_ok)
 
 
@@ -138,22 +150,34 @@ def record_loss(
     *,
     acked: bool,
     why: str,
-) -> None:
+    accepted_at: datetime | None = None,
+) -> bool:
     """Journal that the run of step ``task_id`` died with its process.
+
+    The loss counts only if the journal's start mark is this run's: a death the main
+    process reports late (Celery finds dead pool processes every few seconds) may come
+    after recovery took the silent step for lost, counted it and sent it again, or after
+    a newer run marked it; then nothing more is counted.
 
     Args:
         acked: Celery acked the message (a hard time limit), so the step is sent again
             here; otherwise Celery requeues it.
         why: the exception the main process saw, for the log.
+        accepted_at: when the pool accepted this run (the runtime's clock), if known.
+
+    Returns:
+        ``True`` if the step must go again by this message (Celery's requeue); ``False``
+        if this copy must be dropped: the step is journaled, failed for good
+        (``StepLost``), or was already sent again.
     """
     identity = parse_step_task_id(task_id)
     if identity is None:
-        return
+        return True
     workflow_id, run, seq = identity
     for _ in range(_ROUNDS):
         loaded = durable.store.load(workflow_id)
         if loaded is None:
-            return
+            return False
         instance, events = loaded
         event = events[seq] if seq < len(events) else None
         if (
@@ -164,7 +188,23 @@ def record_loss(
             or event.name != name
             or event.state.is_final
         ):
-            return  # journaled meanwhile, or not this run's: nothing was lost
+            return False  # journaled meanwhile, or not this run's: nothing was lost
+        whose = _whose_mark(durable, event, accepted_at)
+        if whose == "unmarked":
+            # It died before its start mark: not a loss to count; it just goes again.
+            if acked:
+                durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
+            return not acked
+        if whose == "newer":
+            logger.info(
+                "workflow %s: step %s (seq %d) lost its process (%s), but it was already "
+                "sent again; not counted twice",
+                workflow_id,
+                name,
+                seq,
+                why,
+            )
+            return False
         now = durable.now()
         if event.resends >= durable.settings.max_resends:
             failure = Failure(
@@ -173,11 +213,11 @@ def record_loss(
                 f"was sent again {event.resends} times (durable_max_resends="
                 f"{durable.settings.max_resends})",
             )
-            failed = replace(event, state=event.state.FAILED, failure=failure, completed_at=now)
+            failed = replace(event, state=State.FAILED, failure=failure, completed_at=now)
             if commit_beside(durable, instance, outcomes=[failed], wake_at=durable.redrive_at()):
                 logger.error("workflow %s: %s", workflow_id, failure.message)
                 durable.send_resume(workflow_id)  # the workflow handles the failure
-                return
+                return False
             continue
         wake_at = now + durable.redrive_after
         if instance.wake_at is not None:
@@ -195,7 +235,27 @@ def record_loss(
             )
             if acked:
                 durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
-            return
+            return not acked
+    return True
+
+
+def _whose_mark(durable: Durable, event: Event, accepted_at: datetime | None) -> str:
+    """Whose start mark ``event`` carries, for the run accepted at ``accepted_at``:
+    ``"ours"`` (its mark follows its acceptance within moments), ``"unmarked"`` (it died
+    before marking the step), or ``"newer"``: recovery took the silent step for lost and
+    sent it again since (clearing the mark), or a newer run marked it — which can only
+    happen a silence limit after this run's last sign of life."""
+    margin = durable.silence_limit / 2
+    if event.state is State.STARTED and event.started_at is not None:
+        if accepted_at is None or event.started_at <= accepted_at + margin:
+            return "ours"
+        return "newer"
+    sent_since = (
+        accepted_at is not None
+        and event.heartbeat_at is not None
+        and event.heartbeat_at > accepted_at + margin
+    )
+    return "newer" if sent_since else "unmarked"
 
 
 def park(durable: Durable, workflow_id: str, failure: Failure) -> None:
