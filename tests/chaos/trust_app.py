@@ -3,7 +3,10 @@
 Built from ``TRUST_*`` environment variables (broker, store, queue, record file) and run
 with celery_durable's DEFAULT timing settings (step timeout 300 s, heartbeat 2 s, tick
 5 s), except where a test sets ``TRUST_RESUME_TIME_LIMIT``: the promise that a step whose
-worker died is sent again within 30 s must hold as shipped.
+worker died is sent again within 30 s must hold as shipped. The issue 9 prefork tests
+(``test_trust_prefork.py``) set ``TRUST_STEP_TIMEOUT``, ``TRUST_HEARTBEAT_INTERVAL`` and
+``TRUST_TICK_INTERVAL`` where the tick matters, and ``TRUST_DIR``, the directory of the
+flag files their workflows read (see ``trust_workflows.py``, registered here too).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from celery import Celery
 
 from celery_durable import Durable, StepFailed, WorkflowContext, current_step
+from chaos import trust_workflows
 from chaos.mix import log_line
 
 POISON = "trust.poison_workflow"
@@ -36,10 +40,12 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
     )
-    if "TRUST_RESUME_TIME_LIMIT" in env:
-        app.conf.durable_resume_time_limit = float(env["TRUST_RESUME_TIME_LIMIT"])
+    for setting in ("resume_time_limit", "step_timeout", "heartbeat_interval", "tick_interval"):
+        if f"TRUST_{setting.upper()}" in env:
+            app.conf[f"durable_{setting}"] = float(env[f"TRUST_{setting.upper()}"])
     durable = Durable(app)
     record = Path(env["TRUST_RECORD"])
+    trust_workflows.register(durable, record, Path(env.get("TRUST_DIR") or record.parent))
 
     def note(label: str, event: str) -> None:
         info = current_step()
