@@ -33,7 +33,7 @@ PARENT = "trust.parent"
 #: How long the straggler waits for its release file at most.
 STRAGGLER_SECONDS = 30.0
 #: The countdown of each Celery retry of the ``trust.flaky`` step.
-RETRY_COUNTDOWN = 2
+RETRY_COUNTDOWN = 3
 
 
 def register(durable: Durable, record: Path, flags: Path) -> None:
