@@ -111,6 +111,27 @@ class WorkflowInfo:
         )
 
 
+def undecoded_info(instance: Instance, reason: str) -> WorkflowInfo:
+    """A listing's record of an instance whose payloads are not decoded (their serializer
+    is not accepted, or they are unreadable): ids, states and times, and ``note`` says why."""
+    return WorkflowInfo(
+        id=instance.id,
+        workflow=instance.workflow,
+        status=instance.status,
+        args=(),
+        kwargs={},
+        result=None,
+        error=instance.failure,
+        custom=None,
+        created_at=instance.created_at,
+        updated_at=instance.updated_at,
+        wake_at=instance.wake_at,
+        parent_id=instance.parent_id,
+        run=instance.run,
+        note=f"payloads not decoded: {reason}",
+    )
+
+
 def decode_payload(codec: Codec, data: str | None) -> Any:
     """``data`` decoded with ``codec``; ``None`` stays ``None``."""
     return codec.loads(data) if data is not None else None

@@ -45,6 +45,7 @@ from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
 from celery_durable.runtime.settings import Settings
 from celery_durable.runtime.steps import DurableStep, step_task_id
 from celery_durable.stores.base import Store, open_store
+from celery_durable.views import undecoded_info
 
 logger = logging.getLogger("celery_durable")
 
@@ -378,15 +379,20 @@ class Durable:
         """Workflow instances, newest first, filtered by status and/or workflow name,
         with their arguments, result and custom status decoded (as ``history()`` does).
 
-        Raises:
-            SerializationError: an instance's payloads were encoded with a serializer not
-                in ``durable_accept_content`` (they are never decoded), or cannot be
-                decoded.
+        An instance whose payloads cannot be decoded here (a serializer outside
+        ``durable_accept_content``, or unreadable data) is listed all the same, with empty
+        arguments and ``note`` saying why: one foreign row never hides the others.
         """
         instances = self.store.list(
             status=Status(status) if status is not None else None, workflow=workflow, limit=limit
         )
-        return [WorkflowInfo.from_instance(i, self.codec(i.serializer)) for i in instances]
+        listed = []
+        for instance in instances:
+            try:
+                listed.append(WorkflowInfo.from_instance(instance, self.codec(instance.serializer)))
+            except (SerializationError, ValueError) as exc:  # TypeError is one's base too
+                listed.append(undecoded_info(instance, str(exc)))
+        return listed
 
     def signal(self, workflow_id: str, name: str, payload: Any = None) -> None:
         """Send the signal ``name`` to a workflow (``ctx.wait_signal(name)`` receives

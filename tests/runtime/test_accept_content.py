@@ -107,9 +107,15 @@ def test_a_pickle_row_in_a_json_app_is_refused_and_never_unpickled(
 
     handle = durable.handle("evil")
     refused = "'pickle' serializer are not accepted.*add 'pickle' to app.conf.durable_accept"
-    for read in (handle.result, handle.status, handle.history, durable.list):
+    for read in (handle.result, handle.status, handle.history):
         with pytest.raises(SerializationError, match=refused):
             read()
+    # A listing shows the row (one foreign row must not hide every other), undecoded.
+    (listed,) = durable.list()
+    assert (listed.id, listed.args, listed.kwargs, listed.result) == ("evil", (), {}, None)
+    assert listed.note is not None
+    assert "not decoded" in listed.note
+    assert "not accepted" in listed.note
     with pytest.raises(SerializationError, match="not accepted"):
         durable.codec("pickle")
     assert not marker.exists()
