@@ -390,7 +390,7 @@ class Durable:
         for instance in instances:
             try:
                 listed.append(WorkflowInfo.from_instance(instance, self.codec(instance.serializer)))
-            except (SerializationError, ValueError) as exc:  # TypeError is one's base too
+            except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
                 listed.append(undecoded_info(instance, str(exc)))
         return listed
 
