@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from celery import Celery, Task
+from celery.signals import worker_ready, worker_shutdown
 
 from celery_durable.client import (
     WorkflowHandle,
@@ -39,6 +40,7 @@ from celery_durable.errors import (
 )
 from celery_durable.runtime.codec import KombuCodec, content_type
 from celery_durable.runtime.heartbeat import Heartbeats
+from celery_durable.runtime.liveness import WorkerBeat, start_worker_beat
 from celery_durable.runtime.logs import quiet_task_logs
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome, advance
 from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
@@ -189,6 +191,10 @@ class Durable:
         self._resume_task = self._register_resume_task()
         self._tick_task = self._register_tick_task()
         quiet_task_logs(TICK_TASK)  # the tick logs what it did, not Celery's two lines
+        # A `celery worker` main process beats the step messages it holds (liveness.py).
+        self._worker_beat: WorkerBeat | None = None
+        worker_ready.connect(self._start_worker_beat, weak=False)
+        worker_shutdown.connect(self._stop_worker_beat, weak=False)
         if app.configured:
             self._schedule_tick(app)
         # (Again) whenever the app's configuration is loaded: beat reads beat_schedule.
@@ -272,6 +278,15 @@ class Durable:
             How many instances were sent a resume message.
         """
         return recover(self)
+
+    def _start_worker_beat(self, sender: Any = None, **_: Any) -> None:
+        if self._worker_beat is None:
+            self._worker_beat = start_worker_beat(self, sender)
+
+    def _stop_worker_beat(self, sender: Any = None, **_: Any) -> None:
+        beat, self._worker_beat = self._worker_beat, None
+        if beat is not None:
+            beat.stop()
 
     # -- decorators ------------------------------------------------------------------
     @overload

@@ -130,7 +130,8 @@ def lost_for_good(durable: Durable, now: datetime, events: Iterable[Event]) -> l
 
 
 def recover(durable: Durable, limit: int | None = None) -> int:
-    """Send a resume message to every instance whose ``wake_at`` has come (the tick).
+    """Send a resume message to every instance whose ``wake_at`` has come (the tick),
+    after releasing the never-started steps held by workers whose beats stopped.
 
     Claims due instances in batches (two ticks running at once never claim the same
     instance) and pushes each claimed ``wake_at`` one step timeout ahead, so an instance
@@ -139,6 +140,10 @@ def recover(durable: Durable, limit: int | None = None) -> int:
     Returns:
         How many instances were sent a resume message.
     """
+    from celery_durable.runtime.liveness import release_dead_workers  # (import cycle)
+
+    # Steps whose messages a dead worker held unstarted come due now: claimed below.
+    release_dead_workers(durable)
     sent = 0
     now = durable.now()
     lease_until = now + timedelta(seconds=durable.settings.step_timeout)

@@ -214,6 +214,32 @@ class Store(Protocol):
         """
         ...
 
+    def beat_worker(
+        self, worker_id: str, at: datetime, held: Sequence[tuple[str, int, int]]
+    ) -> None:
+        """Record that the worker ``worker_id`` (a main process) is alive at ``at`` and
+        holds the messages of the steps ``held`` (``(instance_id, run, seq)``: prefetched
+        or running)."""
+        ...
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Remove the row of a worker that stopped cleanly."""
+        ...
+
+    def release_dead_workers(
+        self, silent_since: datetime, overdue_at: datetime, wake_by: datetime
+    ) -> int:
+        """Release the steps held by workers whose last beat is before ``silent_since``:
+        each one still scheduled (never started, not sent again since that beat) gets
+        ``heartbeat_at`` = ``overdue_at`` and its live instance ``wake_at`` <= ``wake_by``,
+        so the next pass sends it again; the dead workers' rows go. Concurrent callers
+        never release one worker twice.
+
+        Returns:
+            How many steps were released.
+        """
+        ...
+
     def get_many(self, instance_ids: Sequence[str]) -> list[Instance]:
         """The instances of these ids that exist (any order); one round trip."""
         ...

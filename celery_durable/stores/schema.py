@@ -181,3 +181,15 @@ meta = Table(
     Column("key", String(64), primary_key=True),
     Column("value", String(255), nullable=False),
 )
+
+workers = Table(
+    "durable_workers",
+    metadata,
+    # "<host>:<pid>:<random>": one row per running worker main process.
+    Column("worker_id", String(255), primary_key=True),
+    Column("beat_at", UTCDateTime, nullable=False),
+    # JSON [[instance_id, run, seq], ...]: the durable steps whose messages it holds.
+    Column("reserved", Text, nullable=False),
+)
+"""Live workers and the step messages they hold (prefetched or running): if a worker's
+beats stop, recovery sends again those of its steps that never started."""

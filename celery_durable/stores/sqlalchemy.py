@@ -52,7 +52,6 @@ from celery_durable import faults
 from celery_durable.engine.journal import Event, Instance, Kind, Signal, State, Status
 from celery_durable.errors import StoreError
 from celery_durable.stores.base import Commit, StepStart
-from celery_durable.stores.connections import SQLConnections
 from celery_durable.stores.rows import (
     aware,
     check_restart,
@@ -71,6 +70,7 @@ from celery_durable.stores.schema import (
     instances,
     signals,
 )
+from celery_durable.stores.workers import WorkerRegistry
 
 __all__ = ["SQLAlchemyStore"]
 
@@ -85,7 +85,7 @@ class _Abort(Exception):
     """Roll the current transaction back; the operation reports ``False``."""
 
 
-class SQLAlchemyStore(SQLConnections):
+class SQLAlchemyStore(WorkerRegistry):
     """The :class:`~celery_durable.stores.base.Store` on any SQLAlchemy 2 database.
 
     Args:

@@ -206,3 +206,46 @@ def test_workflow_code_that_kills_its_process_parks_after_max_resends(
     assert error.type == "WorkerLostError"
     assert "killed the worker process running it 4 times in a row" in error.message
     assert worker.popen.poll() is None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def trust_prefetching(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, postgres_url: str
+) -> Iterator[Trust]:
+    """Default durable settings, and Celery's default prefetch (4 x concurrency)."""
+    if request.param == "sqlite":
+        store = f"sqlite:///{tmp_path}/journal.sqlite3"
+    else:
+        store = create_database(postgres_url, f"trust_{os.getpid()}_{next(_databases)}")
+    yield from _trust(tmp_path / "run", redis_url, store, TRUST_PREFETCH="4")
+
+
+@pytest.mark.timeout(180)
+def test_steps_a_dead_worker_held_unstarted_are_sent_again_within_30_s(
+    trust_prefetching: Trust,
+) -> None:
+    """The peers' SIGKILL survival test, as a regression: ten workflows of 0.3 s steps,
+    a prefork worker with Celery's default prefetch (it holds up to 8 messages, 6 of them
+    not started), its whole process group SIGKILLed ~1 s in and restarted at once, with
+    the default settings and Redis's 3600 s visibility timeout: every workflow completes,
+    the never-started steps released by the dead worker's stopped beats."""
+    trust = trust_prefetching
+    cluster = trust.cluster
+    worker1 = cluster.worker("worker1", concurrency=2)
+    cluster.beat("beat")
+    cluster.wait_ready(worker1)
+    time.sleep(1.0)  # its first beat
+    handles = [start(trust.durable, SHORT, (4,), {}) for _ in range(10)]
+    time.sleep(1.0)
+    killed_at = time.time()
+    cluster.kill(worker1)
+    worker2 = cluster.worker("worker2", concurrency=2)
+    cluster.wait_ready(worker2)
+    for handle in handles:
+        assert trust.wait_done(handle.id, RESEND_BOUND + 30) is Status.COMPLETED
+    took = time.time() - killed_at
+    report.LINES.append(
+        f"10 workflows, prefetch 4, worker group SIGKILLed: all completed {took:.1f} s "
+        "after the kill (default settings)"
+    )
+    assert took < RESEND_BOUND + 20  # the work itself takes ~6 s on one worker

@@ -37,7 +37,8 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
     app.conf.update(
         task_default_queue=env["TRUST_QUEUE"],
         durable_store=env["TRUST_STORE"],
-        worker_prefetch_multiplier=1,
+        # Celery's default (4) where a test sets it: a worker then holds unstarted steps.
+        worker_prefetch_multiplier=int(env.get("TRUST_PREFETCH", "1")),
         broker_connection_retry_on_startup=True,
     )
     for setting in ("resume_time_limit", "step_timeout", "heartbeat_interval", "tick_interval"):

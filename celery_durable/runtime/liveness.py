@@ -1,0 +1,129 @@
+"""The worker main process's beat: which step messages it holds, for as long as it lives.
+
+A prefork worker prefetches messages (``worker_prefetch_multiplier`` x concurrency; 4 x
+by Celery's default) and holds them unacked until a pool process runs them. If the whole
+worker dies, the broker keeps them in its unacked set until the visibility timeout (an
+hour on Redis), and the steps never started: no start mark, no heartbeat. So the main
+process beats a row of the store listing the durable steps it holds (reserved or
+running): at once when that set changes (at most every :data:`MIN_GAP` seconds) and every
+``durable_heartbeat_interval`` anyway. When the beats stop for as long as a running step's
+would, the tick releases its steps that never started (:func:`release_dead_workers`), and
+they are sent again within the same bound as a started one. No write per step: one per
+change of the set, batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from celery_durable.errors import DurableError
+from celery_durable.runtime.steps import DurableStep, parse_step_task_id
+
+if TYPE_CHECKING:
+    from celery_durable.runtime.durable import Durable
+
+logger = logging.getLogger("celery_durable")
+
+#: The shortest time between two beats prompted by a change of the held set.
+MIN_GAP = 0.2
+
+
+class WorkerBeat:
+    """The thread, in a worker's main process, that beats the steps it holds."""
+
+    def __init__(self, durable: Durable) -> None:
+        self._durable = durable
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start beating (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="durable-worker-beat")
+            self._thread.daemon = True
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and remove this worker's row (a clean shutdown)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            self._durable.store.forget_worker(self.worker_id)
+        except DurableError as exc:
+            logger.warning("worker beat: cannot remove %s (%s)", self.worker_id, exc)
+
+    def held(self) -> list[tuple[str, int, int]]:
+        """The durable steps whose messages this worker holds now (reserved or running)."""
+        from celery.worker import state
+
+        for _ in range(5):
+            try:
+                requests = list(state.reserved_requests)
+                break
+            except RuntimeError:  # the set changed while it was copied
+                continue
+        else:
+            return []
+        found = []
+        for request in requests:
+            task = getattr(request, "task", None)
+            if not isinstance(task, DurableStep) or task.durable is not self._durable:
+                continue
+            identity = parse_step_task_id(getattr(request, "id", None))
+            if identity is not None:
+                found.append(identity)
+        return sorted(found)
+
+    def _loop(self) -> None:
+        last: list[tuple[str, int, int]] | None = None
+        last_beat = 0.0
+        while not self._stop.wait(MIN_GAP):
+            interval = self._durable.settings.heartbeat_interval
+            held = self.held()
+            now = time.monotonic()
+            if held == last and now - last_beat < interval:
+                continue
+            try:
+                self._durable.store.beat_worker(self.worker_id, self._durable.now(), held)
+            except DurableError as exc:
+                logger.warning("worker beat of %s failed: %s", self.worker_id, exc)
+                continue
+            last, last_beat = held, now
+
+
+def release_dead_workers(durable: Durable) -> int:
+    """Release the never-started steps held by workers whose beats stopped (the tick).
+
+    Returns:
+        How many steps were released: each is sent again by its instance's next pass.
+    """
+    now = durable.now()
+    released = durable.store.release_dead_workers(
+        silent_since=now - durable.silence_limit,
+        overdue_at=now - durable.redrive_after,
+        wake_by=now,
+    )
+    if released:
+        logger.warning(
+            "tick: %d step message(s) held by dead workers released; sending them again",
+            released,
+        )
+    return released
+
+
+def start_worker_beat(durable: Durable, sender: Any) -> WorkerBeat | None:
+    """Start the beat in a worker main process whose app is ``durable``'s."""
+    app = getattr(sender, "app", None)
+    if app is not durable.app:
+        return None
+    beat = WorkerBeat(durable)
+    beat.start()
+    return beat
