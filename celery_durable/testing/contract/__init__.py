@@ -23,7 +23,8 @@ The tests are grouped by concern into mixins, one module each: :mod:`.journal`
 (create, get, load, list, commit), :mod:`.recovery` (heartbeat, resent steps,
 claim_due), :mod:`.signals`, :mod:`.lifecycle` (cancel, get_many, restart),
 :mod:`.steps` (start_step, reschedule_step, run-checked heartbeats, resends) and
-:mod:`.runs` (run numbers, notes, rewinds, children);
+:mod:`.runs` (run numbers, notes, rewinds, children) and :mod:`.workers` (the step
+messages a worker holds, released when its beats stop);
 :mod:`.builders` holds the helpers they share, re-exported here for store-specific tests.
 """
 
@@ -48,6 +49,7 @@ from celery_durable.testing.contract.recovery import RecoveryContract
 from celery_durable.testing.contract.runs import RunContract
 from celery_durable.testing.contract.signals import SignalContract
 from celery_durable.testing.contract.steps import StepContract
+from celery_durable.testing.contract.workers import WorkerContract
 
 __all__ = [
     "ELSEWHERE",
@@ -59,6 +61,7 @@ __all__ = [
     "SignalContract",
     "StepContract",
     "StoreContract",
+    "WorkerContract",
     "assert_event_types",
     "assert_instance_types",
     "assert_utc",
@@ -78,5 +81,6 @@ class StoreContract(
     LifecycleContract,
     StepContract,
     RunContract,
+    WorkerContract,
 ):
     """The store contract. Subclasses provide a ``store`` fixture (a fresh, empty store)."""

@@ -1,0 +1,82 @@
+"""The worker registry part of the store contract: beats of the step messages a worker
+holds, and the release of the never-started ones when its beats stop."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery_durable.engine.journal import State, Status
+from celery_durable.stores.base import Commit, Store
+from celery_durable.testing.contract.builders import T0, make_event, make_instance
+
+LATER = T0 + timedelta(minutes=5)
+
+
+def _running(store: Store, instance_id: str, events: int = 2) -> None:
+    instance, _ = store.create(make_instance(instance_id, wake_at=T0 + timedelta(hours=1)))
+    assert store.commit(
+        Commit(
+            instance_id,
+            instance.version,
+            Status.RUNNING,
+            T0,
+            new_events=[make_event(seq, heartbeat_at=T0) for seq in range(events)],
+            wake_at=T0 + timedelta(hours=1),
+        )
+    )
+
+
+class WorkerContract:
+    """beat_worker, forget_worker, release_dead_workers."""
+
+    def test_a_dead_workers_unstarted_steps_are_released(self, store: Store) -> None:
+        _running(store, "wf-held")
+        store.beat_worker("w1", T0 + timedelta(seconds=1), [("wf-held", 1, 0), ("wf-held", 1, 1)])
+        assert store.start_step(
+            "wf-held", 1, 1, "bank.start_transfer_1", T0 + timedelta(seconds=2), LATER
+        ).marked  # seq 1 started: its own heartbeats speak for it
+
+        overdue = LATER - timedelta(minutes=5)
+        assert store.release_dead_workers(T0 + timedelta(seconds=1), overdue, LATER) == 0
+        released = store.release_dead_workers(T0 + timedelta(seconds=30), overdue, LATER)
+
+        assert released == 1
+        loaded = store.load("wf-held")
+        assert loaded is not None
+        instance, events = loaded
+        assert (events[0].state, events[0].heartbeat_at) == (State.SCHEDULED, overdue)
+        assert events[1].state is State.STARTED
+        assert instance.wake_at is not None
+        assert instance.wake_at <= LATER
+        # The row is gone: a second tick releases nothing.
+        assert store.release_dead_workers(T0 + timedelta(seconds=30), overdue, LATER) == 0
+
+    def test_a_live_or_forgotten_worker_releases_nothing(self, store: Store) -> None:
+        _running(store, "wf-live", events=1)
+        store.beat_worker("w-live", T0, [("wf-live", 1, 0)])
+        store.beat_worker("w-live", T0 + timedelta(seconds=40), [("wf-live", 1, 0)])
+        store.beat_worker("w-gone", T0, [("wf-live", 1, 0)])
+        store.forget_worker("w-gone")
+
+        assert store.release_dead_workers(T0 + timedelta(seconds=30), T0, LATER) == 0
+        loaded = store.load("wf-live")
+        assert loaded is not None
+        assert loaded[1][0].heartbeat_at == T0
+
+    def test_a_step_sent_again_since_or_of_another_run_is_not_released(self, store: Store) -> None:
+        _running(store, "wf-moved")
+        store.beat_worker("w1", T0, [("wf-moved", 1, 0), ("wf-moved", 2, 1)])
+        instance = store.get("wf-moved")
+        assert instance is not None
+        # Seq 0 was sent again after the worker's last beat.
+        assert store.commit(
+            Commit(
+                "wf-moved",
+                instance.version,
+                Status.RUNNING,
+                T0 + timedelta(seconds=10),
+                resent=[0],
+                wake_at=T0 + timedelta(hours=1),
+            )
+        )
+        assert store.release_dead_workers(T0 + timedelta(seconds=30), T0, LATER) == 0
