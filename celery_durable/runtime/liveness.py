@@ -33,6 +33,43 @@ logger = logging.getLogger("celery_durable")
 #: The shortest time between two beats prompted by a change of the held set.
 MIN_GAP = 0.2
 
+#: How long a fork waits for a beat in progress (a store out of reach must not stop the
+#: worker from replacing its pool processes for long).
+FORK_WAIT = 5.0
+
+
+class _ForkGuard:
+    """Keeps a fork from copying the beat thread in the middle of a store call.
+
+    The prefork pool forks replacement processes from the main process, where the beat
+    thread runs. A fork copies only the forking thread: a lock that the beat thread held
+    in the database driver or SQLAlchemy at that moment would stay locked for ever in
+    the child. Each beat runs under this guard, and a fork waits for it (up to
+    :data:`FORK_WAIT` seconds) through ``os.register_at_fork``.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._held_for_fork = False
+        os.register_at_fork(
+            before=self._before, after_in_parent=self._after, after_in_child=self._in_child
+        )
+
+    def _before(self) -> None:
+        self._held_for_fork = self.lock.acquire(timeout=FORK_WAIT)
+
+    def _after(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self.lock.release()
+
+    def _in_child(self) -> None:
+        self.lock = threading.Lock()
+        self._held_for_fork = False
+
+
+_FORK_GUARD = _ForkGuard()
+
 
 class WorkerBeat:
     """The thread, in a worker's main process, that beats the steps it holds."""
@@ -86,17 +123,18 @@ class WorkerBeat:
         last: list[tuple[str, int, int]] | None = None
         last_beat = 0.0
         while not self._stop.wait(MIN_GAP):
-            interval = self._durable.settings.heartbeat_interval
-            held = self.held()
-            now = time.monotonic()
-            if held == last and now - last_beat < interval:
-                continue
-            try:
-                self._durable.store.beat_worker(self.worker_id, self._durable.now(), held)
-            except DurableError as exc:
-                logger.warning("worker beat of %s failed: %s", self.worker_id, exc)
-                continue
-            last, last_beat = held, now
+            with _FORK_GUARD.lock:
+                interval = self._durable.settings.heartbeat_interval
+                held = self.held()
+                now = time.monotonic()
+                if held == last and now - last_beat < interval:
+                    continue
+                try:
+                    self._durable.store.beat_worker(self.worker_id, self._durable.now(), held)
+                except DurableError as exc:
+                    logger.warning("worker beat of %s failed: %s", self.worker_id, exc)
+                    continue
+                last, last_beat = held, now
 
 
 def release_dead_workers(durable: Durable) -> int:

@@ -192,11 +192,17 @@ def test_workflow_code_that_blocks_parks_on_the_resume_time_limit(trust_sqlite: 
     assert "durable_resume_time_limit (2 s)" in error.message
 
 
+@pytest.fixture
+def trust_sqlite_defaults(tmp_path: Path, redis_url: str) -> Iterator[Trust]:
+    yield from _trust(tmp_path / "run", redis_url, f"sqlite:///{tmp_path}/journal.sqlite3")
+
+
 @pytest.mark.timeout(120)
 def test_workflow_code_that_kills_its_process_parks_after_max_resends(
-    trust_sqlite: Trust,
+    trust_sqlite_defaults: Trust,
 ) -> None:
-    trust = trust_sqlite
+    trust = trust_sqlite_defaults
+    trust.cluster.beat("beat")  # the tick, as in production
     worker = trust.cluster.worker("worker", concurrency=2)
     trust.cluster.wait_ready(worker)
     handle = start(trust.durable, CRASHES, (), {})
