@@ -5,11 +5,12 @@ by Celery's default) and holds them unacked until a pool process runs them. If t
 worker dies, the broker keeps them in its unacked set until the visibility timeout (an
 hour on Redis), and the steps never started: no start mark, no heartbeat. So the main
 process beats a row of the store listing the durable steps it holds (reserved or
-running): at once when that set changes (at most every :data:`MIN_GAP` seconds) and every
+running): as soon as a message is received (``task_received``; messages arriving within
+:data:`BATCH` seconds share one write), when the set changes, and every
 ``durable_heartbeat_interval`` anyway. When the beats stop for as long as a running step's
 would, the tick releases its steps that never started (:func:`release_dead_workers`), and
-they are sent again within the same bound as a started one. No write per step: one per
-change of the set, batched.
+they are sent again within the same bound as a started one. What remains open is a
+worker killed within one write of receiving a message.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from celery.signals import task_received
+
 from celery_durable.errors import DurableError
 from celery_durable.runtime.steps import DurableStep, parse_step_task_id
 
@@ -30,8 +33,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celery_durable")
 
-#: The shortest time between two beats prompted by a change of the held set.
+#: How often the held set is looked at when no message arrives.
 MIN_GAP = 0.2
+
+#: The shortest time between two beats: messages received closer together share one.
+BATCH = 0.02
+
+#: How long a received message counts as held before it shows in Celery's reserved set.
+RECEIVED_GRACE = 2.0
 
 #: How long a fork waits for a beat in progress (a store out of reach must not stop the
 #: worker from replacing its pool processes for long).
@@ -78,7 +87,21 @@ class WorkerBeat:
         self._durable = durable
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._received: dict[tuple[str, int, int], float] = {}
         self._thread: threading.Thread | None = None
+
+    def received(self, request: Any) -> None:
+        """A message was just received (``task_received``, in the consumer): beat soon,
+        listing it, so that the window in which a worker holds a step nobody knows of is
+        the time of one write, not a beat interval."""
+        task = getattr(request, "task", None)
+        if not isinstance(task, DurableStep) or task.durable is not self._durable:
+            return
+        identity = parse_step_task_id(getattr(request, "id", None))
+        if identity is not None:
+            self._received[identity] = time.monotonic()
+            self._wake.set()
 
     def start(self) -> None:
         """Start beating (idempotent)."""
@@ -109,20 +132,30 @@ class WorkerBeat:
                 continue
         else:
             return []
-        found = []
+        now = time.monotonic()
+        found = set()
+        for identity, at in list(self._received.items()):
+            if now - at < RECEIVED_GRACE:
+                found.add(identity)
+            else:
+                self._received.pop(identity, None)
         for request in requests:
             task = getattr(request, "task", None)
             if not isinstance(task, DurableStep) or task.durable is not self._durable:
                 continue
-            identity = parse_step_task_id(getattr(request, "id", None))
-            if identity is not None:
-                found.append(identity)
+            reserved = parse_step_task_id(getattr(request, "id", None))
+            if reserved is not None:
+                found.add(reserved)
         return sorted(found)
 
     def _loop(self) -> None:
         last: list[tuple[str, int, int]] | None = None
         last_beat = 0.0
-        while not self._stop.wait(MIN_GAP):
+        while not self._stop.is_set():
+            self._wake.wait(MIN_GAP)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             with _FORK_GUARD.lock:
                 interval = self._durable.settings.heartbeat_interval
                 held = self.held()
@@ -135,6 +168,7 @@ class WorkerBeat:
                     logger.warning("worker beat of %s failed: %s", self.worker_id, exc)
                     continue
                 last, last_beat = held, now
+            time.sleep(BATCH)  # messages arriving meanwhile share the next beat
 
 
 def release_dead_workers(durable: Durable) -> int:
@@ -163,5 +197,13 @@ def start_worker_beat(durable: Durable, sender: Any) -> WorkerBeat | None:
     if app is not durable.app:
         return None
     beat = WorkerBeat(durable)
+    task_received.connect(_forward_to(beat), weak=False)
     beat.start()
     return beat
+
+
+def _forward_to(beat: WorkerBeat) -> Any:
+    def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+        beat.received(request)
+
+    return on_received
