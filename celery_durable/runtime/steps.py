@@ -287,5 +287,14 @@ class DurableStep(Task):  # type: ignore[misc]
         """Send this step again later: the store is out of reach, nothing was journaled."""
         retries = int(self.request.retries or 0)
         logger.warning("step %s: store unavailable (%s); retrying", self.request.id, exc)
-        retry: Retry = self.retry(exc=exc, countdown=min(2**retries, 60), max_retries=retries + 1)
+        try:
+            retry: Retry = self.retry(
+                exc=exc, countdown=min(2**retries, 60), max_retries=retries + 1
+            )
+        finally:
+            # Celery keeps an explicit max_retries on the task object
+            # (``override_max_retries``), and autoretry_for would apply it to every later
+            # request of this process: a step allowed 20 retries would fail for good at
+            # its second. This retry's limit is for this retry only.
+            self.__dict__.pop("override_max_retries", None)
         return retry
