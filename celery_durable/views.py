@@ -93,43 +93,47 @@ class WorkflowInfo:
         """
         args, kwargs = codec.loads(instance.input)
         completed = instance.status is Status.COMPLETED
+        return cls._of(
+            instance,
+            tuple(args),
+            dict(kwargs),
+            decode_payload(codec, instance.output) if completed else None,
+            decode_payload(codec, instance.custom_status),
+            instance.note,
+        )
+
+    @classmethod
+    def _of(
+        cls,
+        instance: Instance,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        result: Any,
+        custom: Any,
+        note: str | None,
+    ) -> WorkflowInfo:
         return cls(
             id=instance.id,
             workflow=instance.workflow,
             status=instance.status,
-            args=tuple(args),
-            kwargs=dict(kwargs),
-            result=decode_payload(codec, instance.output) if completed else None,
+            args=args,
+            kwargs=kwargs,
+            result=result,
             error=instance.failure,
-            custom=decode_payload(codec, instance.custom_status),
+            custom=custom,
             created_at=instance.created_at,
             updated_at=instance.updated_at,
             wake_at=instance.wake_at,
             parent_id=instance.parent_id,
             run=instance.run,
-            note=instance.note,
+            note=note,
         )
 
 
 def undecoded_info(instance: Instance, reason: str) -> WorkflowInfo:
     """A listing's record of an instance whose payloads are not decoded (their serializer
     is not accepted, or they are unreadable): ids, states and times, and ``note`` says why."""
-    return WorkflowInfo(
-        id=instance.id,
-        workflow=instance.workflow,
-        status=instance.status,
-        args=(),
-        kwargs={},
-        result=None,
-        error=instance.failure,
-        custom=None,
-        created_at=instance.created_at,
-        updated_at=instance.updated_at,
-        wake_at=instance.wake_at,
-        parent_id=instance.parent_id,
-        run=instance.run,
-        note=f"payloads not decoded: {reason}",
-    )
+    return WorkflowInfo._of(instance, (), {}, None, None, f"payloads not decoded: {reason}")
 
 
 def decode_payload(codec: Codec, data: str | None) -> Any:

@@ -64,6 +64,14 @@ class WorkerRegistry(SQLConnections):
         overdue_at = aware(overdue_at, "overdue_at")
         wake_by = aware(wake_by, "wake_by")
         released = 0
+        with self._read() as conn:  # most ticks: nobody died, and no write transaction
+            if (
+                conn.execute(
+                    select(workers.c.worker_id).where(workers.c.beat_at < silent_since).limit(1)
+                ).first()
+                is None
+            ):
+                return 0
         with self._transaction(write=True) as conn:
             dead = conn.execute(
                 select(workers.c.worker_id, workers.c.beat_at, workers.c.reserved)
