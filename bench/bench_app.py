@@ -27,7 +27,7 @@ app.conf.update(
 durable = Durable(app)
 
 
-@app.task
+@app.task  # type: ignore[untyped-decorator]
 def hop(x: int) -> int:
     """One link of the bare chain."""
     return x + 1
@@ -45,4 +45,33 @@ async def steps(ctx: WorkflowContext, n: int) -> int:
     x = 0
     for _ in range(n):
         x = await ctx.step(add_one, x)
+    return x
+
+
+@durable.step
+def undo(x: int) -> int:
+    """The compensation of an ``add_one`` that returned ``x``."""
+    return x - 1
+
+
+class Refused(Exception):
+    """The saga's last step fails with this."""
+
+
+@durable.step
+def refuse(x: int) -> int:
+    """The saga's last step: always fails."""
+    raise Refused(f"step fails on purpose at x={x}")
+
+
+@durable.workflow
+async def saga_fails_last(ctx: WorkflowContext, n: int) -> int:
+    """A saga of ``n`` steps whose last fails: the ``n - 1`` compensations registered
+    before it run in reverse order, then the instance ends ``failed``."""
+    x = 0
+    async with ctx.saga() as saga:
+        for _ in range(n - 1):
+            x = await ctx.step(add_one, x)
+            saga.compensate(undo, x)
+        await ctx.step(refuse, x)
     return x

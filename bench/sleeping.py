@@ -44,7 +44,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,13 +56,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from servers import start_postgres, start_redis  # noqa: E402
 
+from bench.harness import Cpu, processes  # noqa: E402
+
 POLL = 0.5
 """Seconds between two looks at the store while waiting."""
 SETTLE = 2.0
 """Seconds an idle worker is left alone before its memory is read."""
 WORKER_STOP_TIMEOUT = 60.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-ROLES = ("bench", "postgres", "redis", "worker main", "worker pool")
 
 
 def main() -> None:
@@ -131,34 +130,6 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-@dataclass(frozen=True)
-class Proc:
-    """One line of ``/proc/<pid>/stat``, the fields used here."""
-
-    pid: int
-    ppid: int
-    name: str
-    cpu: float
-    """User + system CPU seconds so far."""
-
-
-def processes() -> dict[int, Proc]:
-    """Every process on the machine, from ``/proc/*/stat``."""
-    table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # gone meanwhile
-            continue
-        # The name (field 2) is in parentheses and may hold spaces or parentheses.
-        head, _, tail = text.rpartition(")")
-        fields = tail.split()
-        pid = int(stat.parent.name)
-        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        table[pid] = Proc(pid, int(fields[1]), head.partition("(")[2], cpu)
-    return table
-
-
 def rss_kib(pid: int) -> int:
     """A process's resident set size (``VmRSS``), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -186,54 +157,6 @@ class Rss:
 def worker_rss(pid: int) -> Rss:
     pool = sorted(p.pid for p in processes().values() if p.ppid == pid)
     return Rss(rss_kib(pid), [rss_kib(child) for child in pool])
-
-
-@dataclass(frozen=True)
-class Cpu:
-    """CPU seconds used so far, by this run's processes (by role) and by the machine."""
-
-    at: float
-    roles: defaultdict[str, float]
-    machine: float
-
-    @classmethod
-    def now(cls, worker: int | None) -> Cpu:
-        """Read it now; ``worker`` is the running worker's main pid, if any."""
-        me = os.getpid()
-        table = processes()
-        roles: defaultdict[str, float] = defaultdict(float)
-        for proc in table.values():
-            top = proc
-            while top.ppid != me and top.ppid in table and top.pid != me:
-                top = table[top.ppid]
-            if top.pid == me:
-                roles["bench"] += proc.cpu
-            elif top.ppid != me:
-                continue  # not one of ours
-            elif top.pid == worker:
-                roles["worker main" if proc.pid == worker else "worker pool"] += proc.cpu
-            elif top.name in ("postgres", "redis-server"):
-                roles[top.name.removesuffix("-server")] += proc.cpu
-        with open("/proc/stat") as stat:
-            ticks = [int(field) for field in stat.readline().split()[1:]]
-        idle = ticks[3] + ticks[4]  # idle + iowait
-        return cls(time.perf_counter(), roles, (sum(ticks[:8]) - idle) / CLOCK_TICKS)
-
-    def since(self, start: Cpu, count: int) -> str:
-        """Milliseconds of CPU per item (of ``count``) by role, and the machine's load."""
-        seconds = self.at - start.at
-        parts = [
-            f"{role} {(self.roles[role] - start.roles[role]) * 1000 / count:.2f}"
-            for role in ROLES
-            if self.roles[role] - start.roles[role] > 0.005
-        ]
-        ours = sum(self.roles.values()) - sum(start.roles.values())
-        machine = self.machine - start.machine
-        return (
-            f"CPU ms per workflow: {', '.join(parts)}; machine busy "
-            f"{machine / seconds:.2f} cores, {(machine - ours) / seconds:.2f} of them "
-            "by other processes"
-        )
 
 
 # --------------------------------------------------------------------------- the run

@@ -1,12 +1,21 @@
 """Durable workflows against a bare Celery chain, measured in the same run.
 
 Starts a throwaway Redis (broker and the chain's result backend) and PostgreSQL (the
-durable store, with fsync on: a real database's commit cost), one prefork worker
-subprocess for both, then measures:
+durable store, with fsync on: a real database's commit cost), and two prefork worker
+subprocesses of the same concurrency: one for ``bench/bench_app.py`` (the durable steps and
+the chain's ``hop``, prefetch 1 and ``acks_late``) and one for
+``bench/bench_app_defaults.py`` (the same ``hop`` with Celery's default settings, prefetch
+4 and early ack, on a queue of its own). Then it measures:
 
 * a 20-step durable workflow x50, one at a time and all at once, against a 20-task
-  ``chain`` x50 the same ways (steps per second);
-* a 1-step workflow's start-to-result latency against one bare task's round trip.
+  ``chain`` x50 the same ways on each of the two workers (steps per second);
+* the CPU time per step of every process of the run (this script, the measured worker's
+  main and pool processes, redis-server, every PostgreSQL process; from ``/proc``) over
+  the one-at-a-time runs;
+* a 1-step workflow's start-to-result latency against one bare task's round trip;
+* a saga of 20 steps whose 20th fails: from the start until its 19 compensations have run
+  (median of ``--saga-runs``), and the same saga in celery-saga 0.1.1 when an interpreter
+  that has it is found (``--peer-python``; ``bench/saga_peer.py``).
 
     python bench/throughput.py [--workflows 50] [--steps 20] [--concurrency 2]
 
@@ -17,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,11 +33,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from servers import start_postgres, start_redis  # noqa: E402
+
+from bench.harness import Cpu, Worker, stop_all, time_limit  # noqa: E402
+
+PEER_PYTHON = "/tmp/peervenv/bin/python"
+PEERS_RUN = "../shared/peers/run_all.sh"
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -44,6 +58,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--latency-samples", type=int, default=50)
+    parser.add_argument("--saga-runs", type=int, default=10)
+    parser.add_argument("--saga-steps", type=int, default=20)
+    parser.add_argument(
+        "--peer-python", default=PEER_PYTHON, help="an interpreter with celery-saga 0.1.1"
+    )
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds for the run")
     opts = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="celery-durable-bench-"))
@@ -54,61 +74,61 @@ def main() -> None:
             BENCH_STORE=pg.url,
             PYTHONPATH=str(ROOT),
         )
-        log = (tmp / "worker.log").open("w")
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "bench.bench_app",
-                "worker",
-                "--pool=prefork",
-                f"--concurrency={opts.concurrency}",
-                "--loglevel=WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        pool = ["--pool=prefork", f"--concurrency={opts.concurrency}"]
+        workers: list[Worker] = []
+        failed = True
         try:
-            run(opts)
+            workers.append(Worker("bench.bench_app", "durable", tmp, pool))
+            workers.append(Worker("bench.bench_app_defaults", "defaults", tmp, pool))
+            with time_limit(opts.timeout, "bench/throughput.py"):
+                run(opts, workers[0], workers[1], tmp)
+            failed = False
         finally:
-            os.killpg(worker.pid, signal.SIGTERM)
-            worker.wait(60)
-            log.close()
+            stop_all(workers, failed)
+            if failed:
+                print(f"worker logs in {tmp}", file=sys.stderr)
 
 
-def run(opts: argparse.Namespace) -> None:
+def run(opts: argparse.Namespace, worker: Worker, defaults: Worker, tmp: Path) -> None:
     from celery import chain
 
     from bench.bench_app import durable, hop, steps
+    from bench.bench_app_defaults import hop as hop_defaults
 
     n, wfs = opts.steps, opts.workflows
 
-    def bare_chain() -> object:
-        return chain(hop.s(0), *[hop.s() for _ in range(n - 1)]).apply_async()
+    def bare_chain(task: Any = hop) -> Any:
+        return chain(task.s(0), *[task.s() for _ in range(n - 1)]).apply_async()
 
-    # Warm up: connections, imports, the store's schema, the worker's pools.
-    assert bare_chain().get(timeout=60) == n  # type: ignore[attr-defined]
+    def defaults_chain() -> Any:
+        return bare_chain(hop_defaults)
+
+    # Warm up: connections, imports, the store's schema, the workers' pools.
+    for w, fn in ((worker, bare_chain), (defaults, defaults_chain)):
+        try:
+            assert fn().get(timeout=60) == n
+        except Exception as exc:
+            raise RuntimeError(f"warm-up of worker {w.name}: {exc!r}; {w.trouble()}") from exc
     assert steps.delay(n).result(timeout=60, interval=0.005) == n
 
-    def chain_serial() -> None:
-        for _ in range(wfs):
-            assert bare_chain().get(timeout=60) == n  # type: ignore[attr-defined]
+    def serial(make: Callable[[], Any]) -> Callable[[], None]:
+        def one_at_a_time() -> None:
+            for _ in range(wfs):
+                assert make().get(timeout=60) == n
+
+        return one_at_a_time
+
+    def parallel(make: Callable[[], Any]) -> Callable[[], None]:
+        def all_at_once() -> None:
+            results = [make() for _ in range(wfs)]
+            for r in results:
+                assert r.get(timeout=120) == n
+
+        return all_at_once
 
     def durable_serial() -> None:
         for _ in range(wfs):
             assert steps.delay(n).result(timeout=60, interval=0.005) == n
-
-    def chain_parallel() -> None:
-        results = [bare_chain() for _ in range(wfs)]
-        for r in results:
-            assert r.get(timeout=120) == n  # type: ignore[attr-defined]
 
     def durable_parallel() -> None:
         handles = [steps.delay(n) for _ in range(wfs)]
@@ -116,16 +136,25 @@ def run(opts: argparse.Namespace) -> None:
             assert h.result(timeout=120, interval=0.005) == n
 
     total = n * wfs
-    rows = {}
-    for label, fn in (
-        ("chain, one at a time", chain_serial),
-        ("durable, one at a time", durable_serial),
-        ("chain, all at once", chain_parallel),
-        ("durable, all at once", durable_parallel),
+    rows: dict[str, float] = {}
+    cpu: dict[str, tuple[Cpu, Cpu]] = {}
+    chain_d = "chain (Celery defaults)"
+    for label, fn, measured in (
+        ("chain, one at a time", serial(bare_chain), worker),
+        ("durable, one at a time", durable_serial, worker),
+        (f"{chain_d}, one at a time", serial(defaults_chain), defaults),
+        ("chain, all at once", parallel(bare_chain), worker),
+        ("durable, all at once", durable_parallel, worker),
+        (f"{chain_d}, all at once", parallel(defaults_chain), defaults),
     ):
+        before = Cpu.now(measured.pid)
         seconds = timed(fn)
+        cpu[label] = (before, Cpu.now(measured.pid))
         rows[label] = total / seconds
-        print(f"{label:<26} {total} steps in {seconds:6.2f} s = {total / seconds:7.1f} steps/s")
+        print(
+            f"{label:<38} {total} steps in {seconds:6.2f} s = {total / seconds:7.1f} steps/s",
+            flush=True,
+        )
 
     def latency(fn: Callable[[], object]) -> list[float]:
         return [timed(fn) * 1000 for _ in range(opts.latency_samples)]
@@ -134,7 +163,34 @@ def run(opts: argparse.Namespace) -> None:
     one = latency(lambda: steps.delay(1).result(timeout=30, interval=0.002))
     for label, samples in (("bare task round trip", bare), ("1-step workflow", one)):
         q = statistics.quantiles(samples, n=10)
-        print(f"{label:<26} median {statistics.median(samples):6.1f} ms   p90 {q[-1]:6.1f} ms")
+        print(f"{label:<38} median {statistics.median(samples):6.1f} ms   p90 {q[-1]:6.1f} ms")
+
+    ms: dict[str, float] = {}
+    for label in ("chain", "durable", chain_d):
+        start, end = cpu[f"{label}, one at a time"]
+        ms[label] = end.ms_per(start, total)
+        print(f"{label}, one at a time: {end.since(start, total, 'step')}")
+    print(
+        "  (CPU from /proc: threads' schedstat run time + reaped children's cutime+cstime, "
+        "of this script, the measured worker's main and pool processes, redis-server and "
+        "every PostgreSQL process; the other worker, idle, left out)"
+    )
+
+    saga(opts, tmp)
+
+    print(
+        f"CPU per step, one at a time: {chain_d} {ms[chain_d]:.2f} ms, durable "
+        f"{ms['durable']:.2f} ms, ratio {ms['durable'] / ms[chain_d]:.2f}x"
+    )
+    print(
+        f"CPU per step, one at a time: chain {ms['chain']:.2f} ms, durable "
+        f"{ms['durable']:.2f} ms, ratio {ms['durable'] / ms['chain']:.2f}x"
+    )
+    for mode in ("one at a time", "all at once"):
+        print(
+            f"ratio durable/{chain_d} steps/s, {mode}: "
+            f"{rows[f'durable, {mode}'] / rows[f'{chain_d}, {mode}']:.2f}x"
+        )
     print(
         f"latency ratio durable/bare (median): "
         f"{statistics.median(one) / statistics.median(bare):.2f}x"
@@ -148,6 +204,74 @@ def run(opts: argparse.Namespace) -> None:
         f"ratio durable/chain steps/s: "
         f"{rows['durable, all at once'] / rows['chain, all at once']:.2f}x"
     )
+
+
+def saga(opts: argparse.Namespace, tmp: Path) -> None:
+    """The saga whose last step fails, here and (when it can run) in celery-saga."""
+    from bench.bench_app import saga_fails_last, undo
+    from celery_durable import WorkflowFailed
+
+    n = opts.saga_steps
+    undo_name = getattr(undo, "name")  # noqa: B009  (a Celery task's name; untyped)
+
+    def rollback_ms() -> float:
+        start = time.perf_counter()
+        handle = saga_fails_last.delay(n)
+        try:
+            handle.result(timeout=60, interval=0.002)
+        except WorkflowFailed:
+            elapsed = (time.perf_counter() - start) * 1000
+        else:
+            raise AssertionError("the saga should have failed after compensating")
+        # The journal: n - 1 add_one, the failing step, then n - 1 undo in reverse.
+        undone = [e for e in handle.history() if e.name == undo_name]
+        assert [e.args[0] for e in undone] == list(range(n - 1, 0, -1)), undone
+        assert all(e.state == "completed" for e in undone), undone
+        return elapsed
+
+    rollback_ms()  # warm-up
+    times = [rollback_ms() for _ in range(opts.saga_runs)]
+    ours = statistics.median(times)
+    print(
+        f"saga {n} steps, {n}th fails: start to {n - 1} compensations done: median "
+        f"{ours:.1f} ms (min {min(times):.1f}, max {max(times):.1f}, {len(times)} runs; "
+        "client polls the store every 2 ms)"
+    )
+    peer = saga_peer(opts, tmp)
+    if peer is None:
+        return
+    print(
+        f"saga {n} steps, {n}th fails, celery-saga 0.1.1 (Celery defaults, state in "
+        f"Redis): median {peer:.1f} ms; ratio celery_durable/celery-saga {ours / peer:.2f}x"
+    )
+
+
+def saga_peer(opts: argparse.Namespace, tmp: Path) -> float | None:
+    """celery-saga's median, or ``None`` (said why) when it cannot be measured here."""
+    python = opts.peer_python
+    elsewhere = f"the peer is measured by {PEERS_RUN} (bench_saga.py)"
+    try:
+        subprocess.run(
+            [python, "-c", "import celery_saga"], check=True, capture_output=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        print(f"celery-saga: not importable with {python}; {elsewhere}")
+        return None
+    budget = 60 + opts.saga_runs * 30
+    cmd = [python, str(ROOT / "bench" / "saga_peer.py"), "--runs", str(opts.saga_runs)]
+    cmd += ["--steps", str(opts.saga_steps), "--concurrency", str(opts.concurrency)]
+    cmd += ["--logs", str(tmp), "--timeout", str(budget)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=budget + 90)
+    except subprocess.TimeoutExpired:
+        print(f"celery-saga: its run did not end in {budget + 90} s; {elsewhere}")
+        return None
+    last = done.stdout.strip().splitlines()[-1:] or [""]
+    if done.returncode != 0 or not last[0].startswith("saga peer median ms: "):
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        print(f"celery-saga: its run failed ({done.returncode}); {elsewhere}\n{tail}")
+        return None
+    return float(last[0].rpartition(" ")[2])
 
 
 if __name__ == "__main__":
