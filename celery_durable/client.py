@@ -69,6 +69,11 @@ class Runtime(Protocol):
         """Publish a message that runs the instance's orchestrator."""
         ...
 
+    def first_pass(self, instance: Instance) -> bool:
+        """Run a just-created instance's first orchestrator pass here, if this runtime
+        may (it knows the workflow); ``False`` means: send it a resume message."""
+        ...
+
     def now(self) -> datetime:
         """The current time (UTC, aware)."""
         ...
@@ -269,7 +274,9 @@ def start(
     if not created:
         _check_same_start(runtime, stored, workflow, encoded)
     if created and not by_tick:
-        runtime.send_resume(stored.id, countdown=delay.total_seconds() or None)
+        # The first pass runs here when it can: one broker hop less to the first step.
+        if delay or not runtime.first_pass(stored):
+            runtime.send_resume(stored.id, countdown=delay.total_seconds() or None)
     elif (
         not created
         and stored.status is Status.PENDING

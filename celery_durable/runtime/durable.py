@@ -31,7 +31,7 @@ from celery_durable.client import (
 )
 from celery_durable.engine.commands import ScheduleStep
 from celery_durable.engine.context import WorkflowContext
-from celery_durable.engine.journal import Status
+from celery_durable.engine.journal import Instance, Status
 from celery_durable.errors import (
     ConfigurationError,
     SerializationError,
@@ -39,7 +39,9 @@ from celery_durable.errors import (
     WorkflowNotFound,
 )
 from celery_durable.runtime.codec import KombuCodec, content_type
+from celery_durable.runtime.eager import EagerChain
 from celery_durable.runtime.heartbeat import Heartbeats
+from celery_durable.runtime.live import LiveWorkflows
 from celery_durable.runtime.liveness import WorkerBeat, start_worker_beat
 from celery_durable.runtime.logs import quiet_task_logs
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome, advance
@@ -187,6 +189,7 @@ class Durable:
         self.clock: Callable[[], datetime] = clock or utcnow
         """The runtime's time source; tests may swap in ``celery_durable.testing.Clock``."""
         self.heartbeats = Heartbeats(self)
+        self._live: LiveWorkflows | None = None
         self._lock = threading.Lock()
         self._resume_task = self._register_resume_task()
         self._tick_task = self._register_tick_task()
@@ -218,6 +221,15 @@ class Durable:
                     url = self._store_arg if isinstance(self._store_arg, str) else None
                     self._store = open_store(url or self.settings.store)
         return self._store
+
+    @property
+    def live(self) -> LiveWorkflows:
+        """This process's suspended workflows (sticky execution; ``durable_live_cache``)."""
+        if self._live is None:
+            with self._lock:
+                if self._live is None:
+                    self._live = LiveWorkflows(self.settings.live_cache)
+        return self._live
 
     def codec(self, name: str | None = None) -> KombuCodec:
         """The payload codec called ``name``; the configured ``durable_serializer`` by default.
@@ -446,9 +458,10 @@ class Durable:
         instance_id: str,
         outcome: StepOutcome | None = None,
         journal: Loaded | None = None,
+        eager: EagerChain | None = None,
     ) -> None:
         """Run one orchestrator pass for ``instance_id`` (see :mod:`.orchestrator`)."""
-        advance(self, instance_id, outcome, journal)
+        advance(self, instance_id, outcome, journal, eager)
 
     def resolve_step(self, task: Any) -> str:
         """The task name ``ctx.step`` journals for ``task``; rejects what is not a step."""
@@ -475,6 +488,30 @@ class Durable:
             task.apply_async(step.args, step.kwargs, task_id=task_id)
         else:
             self.app.send_task(step.name, step.args, step.kwargs, task_id=task_id)
+
+    def first_pass(self, instance: Instance) -> bool:
+        """Run the first orchestrator pass of a just-created instance in this process (the
+        caller of ``.delay()``), so its first steps are published from here instead of
+        after a resume message's round trip; ``durable_start_in_caller`` turns it off.
+
+        Returns:
+            ``False`` when the pass is left to a worker (turned off, or the workflow is
+            not registered in this process); the caller then sends a resume message.
+            A store error during the pass is logged and also gives ``False``: the resume
+            message's pass (or the tick) goes on from whatever was committed.
+        """
+        if not self.settings.start_in_caller or instance.workflow not in self.workflows:
+            return False
+        try:
+            advance(self, instance.id, journal=(instance, []), keep=False)
+        except StoreError as exc:
+            logger.warning(
+                "workflow %s: its first pass failed here (%s); leaving it to a worker",
+                instance.id,
+                exc,
+            )
+            return False
+        return True
 
     def send_resume(self, instance_id: str, countdown: float | None = None) -> None:
         """Publish a message that runs the instance's orchestrator on some worker.

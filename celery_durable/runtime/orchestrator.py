@@ -16,18 +16,21 @@ from celery_durable import faults
 from celery_durable.client import close_children, terminate
 from celery_durable.engine.commands import Decision, ScheduleStep, StartChild
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
-from celery_durable.engine.replay import replay
+from celery_durable.engine.replay import LiveRun, replay_live
 from celery_durable.errors import (
     SerializationError,
     StoreError,
     WorkflowNotFound,
 )
 from celery_durable.runtime.children import start_children, waiting_children
+from celery_durable.runtime.ids import step_task_id
+from celery_durable.runtime.live import LiveEntry, journal_after
 from celery_durable.runtime.recovery import Wake, lost_for_good, plan
 from celery_durable.stores.base import Commit
 
 if TYPE_CHECKING:
     from celery_durable.runtime.durable import Durable
+    from celery_durable.runtime.eager import EagerChain
 
 logger = logging.getLogger("celery_durable")
 
@@ -147,6 +150,8 @@ def advance(
     instance_id: str,
     outcome: StepOutcome | None = None,
     journal: Loaded | None = None,
+    eager: EagerChain | None = None,
+    keep: bool = True,
 ) -> None:
     """Run the orchestrator of ``instance_id`` once, journaling ``outcome`` in the same commit.
 
@@ -159,6 +164,11 @@ def advance(
         journal: the instance and events as the caller already read them; the first
             round uses it instead of reading again (the compare-and-set catches a
             journal that moved since).
+        eager: the step task's chain, when the caller may run the next step itself: a
+            single next step it accepts is journaled as started in the commit and
+            handed to it instead of being published.
+        keep: keep the workflow suspended in this process's live cache after the pass
+            (``False`` where no later pass is expected to run, such as a client).
 
     Raises:
         WorkflowNotFound: no such instance.
@@ -168,6 +178,24 @@ def advance(
     outcome (if any) is journaled, the instance notes that it waits for a worker that
     knows its workflow, and the tick sends it one resume at a time until one does.
     """
+    held = durable.live.take(instance_id)
+    try:
+        _advance(durable, instance_id, outcome, journal, eager, held, keep)
+    except BaseException:
+        if held is not None:
+            held.run.close()
+        raise
+
+
+def _advance(
+    durable: Durable,
+    instance_id: str,
+    outcome: StepOutcome | None,
+    journal: Loaded | None,
+    eager: EagerChain | None,
+    held: LiveEntry | None,
+    keep: bool,
+) -> None:
     store = durable.store
     for _ in range(MAX_CAS_ROUNDS):
         loaded, journal = journal or store.load(instance_id), None
@@ -220,29 +248,59 @@ def advance(
         codec = durable.codec(instance.serializer)
         waiting = waiting_children(events, codec)
         children = {child.id: child for child in store.get_many(list(waiting))}
-        decision: Decision = replay(
-            workflow.fn,
-            instance,
-            events,
-            codec=codec,
-            now=now,
-            resolve_step=durable.resolve_step,
-            signals=store.signals(instance_id) if instance.inbox else (),
-            children=children,
-            cancel_requested=instance.cancel_requested or closing == "cancel",
-            failure_exceptions=workflow.failure_exceptions,
-        )
+        signals = store.signals(instance_id) if instance.inbox else ()
+        cancel_requested = instance.cancel_requested or closing == "cancel"
+        decision: Decision | None = None
+        kept: LiveRun | None = None
+        if held is not None:
+            if held.fits(workflow.fn, instance, events):
+                decision = held.run.resume(
+                    instance,
+                    events,
+                    now=now,
+                    signals=signals,
+                    children=children,
+                    cancel_requested=cancel_requested,
+                )
+                kept = held.run if held.run.waiting else None
+                durable.live.hits += decision is not None
+            else:
+                held.run.close()
+                durable.live.misses += 1
+            held = None
+        if decision is None:
+            decision, kept = replay_live(
+                workflow.fn,
+                instance,
+                events,
+                codec=codec,
+                now=now,
+                resolve_step=durable.resolve_step,
+                signals=signals,
+                children=children,
+                cancel_requested=cancel_requested,
+                failure_exceptions=workflow.failure_exceptions,
+            )
         if decision.status is Status.STUCK:
             decision.failure = _explain_stuck(durable, decision.failure)
         outcomes.extend(decision.fired)
         wake = Wake(at=None)
+        new_events = decision.new_events
+        handed: ScheduleStep | None = None
         if decision.status is Status.RUNNING and decision.restart_input is None:
             pending = [e for e in events if e.kind is Kind.STEP and not e.state.is_final]
+            if eager is not None and len(decision.steps) == 1 and not decision.children:
+                handed = eager.accepts(decision.steps[0])
+            if handed is not None:
+                # Run here next: journaled as started by this commit (recovery then
+                # counts its silence from now, as for a step whose worker marked it).
+                new_events, started = _started(new_events, handed.seq, now)
+                pending.append(started)
             wake = plan(
                 durable,
                 now,
                 pending,
-                decision.new_events,
+                [e for e in new_events if e.seq != (handed.seq if handed else -1)],
                 decision.wake_at,
                 children=bool(waiting or decision.children),
             )
@@ -265,31 +323,42 @@ def advance(
                 not decision.sets_custom_status or decision.custom_status == instance.custom_status
             )
         ):
-            return  # already up to date: e.g. a duplicate message after the first copy won
-        committed = store.commit(
-            Commit(
-                instance_id=instance_id,
-                expected_version=instance.version,
-                status=decision.status,
-                updated_at=now,
-                output=decision.output,
-                failure=decision.failure,
-                new_events=decision.new_events,
-                outcomes=outcomes,
-                wake_at=wake.at,
-                custom_status=(
-                    decision.custom_status
-                    if decision.sets_custom_status
-                    else instance.custom_status
-                ),
-                resent=[event.seq for event in wake.resend],
-                consumed=decision.consumed,
-                restart_input=decision.restart_input,
-            )
+            # Already up to date: e.g. a duplicate message after the first copy won. A
+            # kept workflow still waits where it did, on the journal as read.
+            if kept is not None:
+                durable.live.put(LiveEntry(kept, workflow.fn, instance, events))
+            return
+        commit = Commit(
+            instance_id=instance_id,
+            expected_version=instance.version,
+            status=decision.status,
+            updated_at=now,
+            output=decision.output,
+            failure=decision.failure,
+            new_events=new_events,
+            outcomes=outcomes,
+            wake_at=wake.at,
+            custom_status=(
+                decision.custom_status if decision.sets_custom_status else instance.custom_status
+            ),
+            resent=[event.seq for event in wake.resend],
+            consumed=decision.consumed,
+            restart_input=decision.restart_input,
         )
-        if not committed:
+        if not store.commit(commit):
+            if kept is not None:
+                kept.close()  # it has moved on past the journal the store holds
             continue
         faults.point(faults.AFTER_COMMIT)
+        after = journal_after(instance, events, commit) if kept or handed else None
+        if kept is not None and after is not None and keep:
+            durable.live.put(LiveEntry(kept, workflow.fn, *after))
+        elif kept is not None:
+            kept.close()
+        if handed is not None:
+            assert eager is not None
+            eager.hand(step_task_id(instance_id, handed.seq, instance.run), handed, after)
+            decision.steps = [step for step in decision.steps if step is not handed]
         # Children whose creation a crash may have cut off are created (idempotently).
         lost = [s for s in decision.awaited_children if s.workflow_id not in children]
         _publish(durable, instance, decision, wake, now, [*decision.children, *lost])
@@ -299,6 +368,20 @@ def advance(
     raise StoreError(
         f"workflow {instance_id}: gave up after {MAX_CAS_ROUNDS} lost compare-and-set rounds"
     )
+
+
+def _started(events: list[Event], seq: int, now: datetime) -> tuple[list[Event], Event]:
+    """``events`` with the new step at ``seq`` marked started now (attempt 1)."""
+    marked = []
+    started: Event | None = None
+    for event in events:
+        if event.seq == seq:
+            event = started = replace(
+                event, state=State.STARTED, started_at=now, heartbeat_at=now, attempts=1
+            )
+        marked.append(event)
+    assert started is not None
+    return marked, started
 
 
 def _wait_for_worker(durable: Durable, instance: Instance, outcomes: list[Event]) -> bool:

@@ -51,6 +51,25 @@ class Settings:
             such as ``"application/json"``, as Celery's ``accept_content``). Defaults to
             ``serializer`` and ``"json"``; a payload recorded with any other serializer is
             refused with :class:`~celery_durable.SerializationError`, never decoded.
+        eager_steps: how many steps one step task may run in a row in its own process
+            (``durable_eager_steps``, default 100; 0 turns it off). When a step's commit
+            schedules exactly one next step that this worker would take from the same
+            queue (no rate limit, no time limit), it is journaled as started in that
+            commit and run right away, without a broker round trip; everything else is
+            published as usual.
+        eager_seconds: a step task stops running further steps in a row once it has run
+            this long (``durable_eager_seconds``, default 1.0), so that messages queued
+            behind it are not held back by a long chain.
+        live_cache: how many suspended workflows each worker process keeps in memory
+            between passes (``durable_live_cache``, default 1000; 0 turns it off). A pass
+            that finds its workflow here (and the journal as that process left it)
+            continues it instead of replaying the journal.
+        start_in_caller: whether ``.delay()`` / ``.apply_async()`` runs the new instance's
+            first orchestrator pass in the calling process when that process has the
+            workflow registered (``durable_start_in_caller``, default ``True``): the
+            workflow's code up to its first wait runs there and its first steps are
+            published from there, saving the round trip of a resume message. ``False``
+            leaves every pass to the workers.
     """
 
     store: str
@@ -64,6 +83,10 @@ class Settings:
     outcome_patience: float = 60.0
     resume_time_limit: float = 120.0
     max_resends: int = 3
+    eager_steps: int = 100
+    eager_seconds: float = 1.0
+    live_cache: int = 1000
+    start_in_caller: bool = True
 
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
@@ -75,7 +98,7 @@ class Settings:
                 unknown to kombu, or ``durable_accept_content`` leaves out the configured
                 serializer.
         """
-        numbers = {}
+        numbers: dict[str, Any] = {}
         for name, default in (
             ("eta_max", cls.eta_max),
             ("tick_interval", cls.tick_interval),
@@ -83,6 +106,7 @@ class Settings:
             ("heartbeat_interval", cls.heartbeat_interval),
             ("outcome_patience", cls.outcome_patience),
             ("resume_time_limit", cls.resume_time_limit),
+            ("eager_seconds", cls.eager_seconds),
         ):
             value = conf.get(f"durable_{name}")
             value = default if value is None else value
@@ -91,12 +115,19 @@ class Settings:
                     f"durable_{name} must be a positive number of seconds, not {value!r}"
                 )
             numbers[name] = float(value)
-        max_resends = conf.get("durable_max_resends")
-        max_resends = cls.max_resends if max_resends is None else max_resends
-        if isinstance(max_resends, bool) or not isinstance(max_resends, int) or max_resends < 0:
-            raise ConfigurationError(
-                f"durable_max_resends must be a whole number >= 0, not {max_resends!r}"
-            )
+        counts: dict[str, Any] = {}
+        for name, default in (
+            ("max_resends", cls.max_resends),
+            ("eager_steps", cls.eager_steps),
+            ("live_cache", cls.live_cache),
+        ):
+            count = conf.get(f"durable_{name}")
+            count = default if count is None else count
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ConfigurationError(
+                    f"durable_{name} must be a whole number >= 0, not {count!r}"
+                )
+            counts[name] = count
         options = conf.get("broker_transport_options") or {}
         visibility = options.get("visibility_timeout")
         if visibility is not None and numbers["eta_max"] >= float(visibility):
@@ -107,13 +138,19 @@ class Settings:
                 "timers then live in the store and the tick fires them) or raise "
                 "broker_transport_options['visibility_timeout']"
             )
+        start_in_caller = conf.get("durable_start_in_caller")
+        if start_in_caller is not None and not isinstance(start_in_caller, bool):
+            raise ConfigurationError(
+                f"durable_start_in_caller must be True or False, not {start_in_caller!r}"
+            )
         serializer = conf.get("durable_serializer") or conf.get("task_serializer") or "json"
         return cls(
             store=conf.get("durable_store") or DEFAULT_URL,
             queue=conf.get("durable_queue") or None,
             serializer=serializer,
             accept_content=_accept_content(conf.get("durable_accept_content"), serializer),
-            max_resends=max_resends,
+            start_in_caller=cls.start_in_caller if start_in_caller is None else start_in_caller,
+            **counts,
             **numbers,
         )
 

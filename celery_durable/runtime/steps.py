@@ -45,10 +45,14 @@ from celery.exceptions import Ignore, Retry
 from celery_durable import faults
 from celery_durable.engine.journal import Failure, Kind
 from celery_durable.errors import StoreError, WorkflowNotFound
+from celery_durable.runtime.eager import EagerChain
+from celery_durable.runtime.ids import parse_step_task_id, step_task_id
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome
 
 if TYPE_CHECKING:
     from celery_durable.runtime.durable import Durable
+
+__all__ = ["DurableStep", "StepInfo", "current_step", "parse_step_task_id", "step_task_id"]
 
 logger = logging.getLogger("celery_durable")
 
@@ -86,23 +90,6 @@ def current_step() -> StepInfo | None:
     return _current.get()
 
 
-def step_task_id(workflow_id: str, seq: int, run: int = 1) -> str:
-    """The deterministic Celery task id (and idempotency key) of a workflow's step."""
-    return f"{workflow_id}:{seq}" if run == 1 else f"{workflow_id}:{seq}~{run}"
-
-
-def parse_step_task_id(task_id: str | None) -> tuple[str, int, int] | None:
-    """Inverse of :func:`step_task_id`: ``(workflow_id, run, seq)``, or ``None`` for an
-    ordinary task id."""
-    if not task_id:
-        return None
-    workflow_id, sep, last = task_id.rpartition(":")
-    seq, tilde, run = last.partition("~")
-    if not sep or not workflow_id or not seq.isdigit() or (tilde and not run.isdigit()):
-        return None
-    return workflow_id, int(run) if tilde else 1, int(seq)
-
-
 class DurableStep(Task):  # type: ignore[misc]
     """Base class of ``@durable.step`` tasks."""
 
@@ -120,20 +107,36 @@ class DurableStep(Task):  # type: ignore[misc]
             return self.run(*args, **kwargs)
         workflow_id, run, seq = identity
         durable = self.durable
-        started_at = durable.now()
-        try:
-            # One round trip: mark the step started (recovery then knows within seconds
-            # if this worker dies) and read the journal, which seeds the commit after.
-            start = durable.store.start_step(
-                workflow_id, run, seq, self.name, started_at, started_at + durable.silence_limit
-            )
-        except StoreError as exc:
-            raise self._retry_later(exc) from exc
-        journal = start.journal
-        if not start.marked:
-            return self._not_ours(workflow_id, run, seq, journal)
-        assert journal is not None
-        event = journal[1][seq]
+        chain = EagerChain.current()
+        handoff = chain.claim(self.request.id) if chain is not None else None
+        if handoff is not None:
+            # Handed over by the step before, whose commit marked this one started.
+            journal: Loaded | None = handoff.journal
+            assert journal is not None
+            event = journal[1][seq]
+            started_at = event.started_at or durable.now()
+        else:
+            chain = EagerChain.begin(durable, self)
+            started_at = durable.now()
+            try:
+                # One round trip: mark the step started (recovery then knows within
+                # seconds if this worker dies) and read the journal, which seeds the
+                # commit after.
+                start = durable.store.start_step(
+                    workflow_id,
+                    run,
+                    seq,
+                    self.name,
+                    started_at,
+                    started_at + durable.silence_limit,
+                )
+            except StoreError as exc:
+                raise self._retry_later(exc) from exc
+            journal = start.journal
+            if not start.marked:
+                return self._not_ours(workflow_id, run, seq, journal)
+            assert journal is not None
+            event = journal[1][seq]
         token = _current.set(
             StepInfo(
                 workflow_id=workflow_id,
@@ -166,7 +169,9 @@ class DurableStep(Task):  # type: ignore[misc]
                 run=run,
                 name=self.name,
             )
-            self._advance(workflow_id, outcome, journal, durable.settings.outcome_patience)
+            self._advance(workflow_id, outcome, journal, durable.settings.outcome_patience, chain)
+        if chain is not None and handoff is None:
+            chain.run_handed()  # the steps handed over after this one, one by one
         if failed is not None:
             # Journaled; re-raise so Celery (and Flower) show the task as failed.
             raise failed
@@ -253,6 +258,7 @@ class DurableStep(Task):  # type: ignore[misc]
         outcome: StepOutcome | None,
         journal: Loaded | None,
         patience: float = 0.0,
+        chain: EagerChain | None = None,
     ) -> None:
         """Journal ``outcome`` (if any) and advance the workflow.
 
@@ -265,7 +271,7 @@ class DurableStep(Task):  # type: ignore[misc]
         pause = 0.1
         while True:
             try:
-                durable.advance(workflow_id, outcome, journal)
+                durable.advance(workflow_id, outcome, journal, chain)
                 return
             except WorkflowNotFound:
                 logger.error("step %s: workflow %s vanished from the store", self.name, workflow_id)

@@ -169,6 +169,7 @@ def test_changed_step_arguments_park_the_instance_naming_both(
         handle = pay.delay()
         wait_for(lambda: len(handle.history()) == 2)
         version = 2  # a deploy that changed the arguments
+        durable.live.clear()  # (a deploy restarts the worker: nothing kept in memory)
         handle.signal("go")
         with pytest.raises(WorkflowStuck) as stuck:
             handle.result(timeout=30)
