@@ -53,6 +53,24 @@ __all__ = [
 R = TypeVar("R")
 
 
+class FirstPassLike(Protocol):
+    """A first pass run before the instance is stored (see ``Runtime.first_pass``)."""
+
+    @property
+    def instance(self) -> Instance:
+        """The instance as its first commit leaves it."""
+        ...
+
+    @property
+    def events(self) -> list[Event]:
+        """The first commit's events."""
+        ...
+
+    def publish(self, runtime: Any) -> None:
+        """Send the pass's messages, once the instance and its events are stored."""
+        ...
+
+
 class Runtime(Protocol):
     """What a handle needs from the runtime that owns the store and the broker."""
 
@@ -69,9 +87,10 @@ class Runtime(Protocol):
         """Publish a message that runs the instance's orchestrator."""
         ...
 
-    def first_pass(self, instance: Instance) -> bool:
-        """Run a just-created instance's first orchestrator pass here, if this runtime
-        may (it knows the workflow); ``False`` means: send it a resume message."""
+    def first_pass(self, instance: Instance) -> FirstPassLike | None:
+        """An instance's first orchestrator pass, run here before it is stored, if this
+        runtime may (it knows the workflow); ``None`` means: create the instance alone
+        and send it a resume message."""
         ...
 
     def now(self) -> datetime:
@@ -270,13 +289,19 @@ def start(
         # sends another.
         wake_at=now + delay if by_tick else now + delay + runtime.redrive_after,
     )
-    stored, created = runtime.store.create(instance)
+    # The first pass runs here when it can: the instance is stored with its first
+    # events in one statement and its first steps are sent from here (no resume hop).
+    first = None if delay else runtime.first_pass(instance)
+    if first is not None:
+        stored, created = runtime.store.create(first.instance, first.events)
+    else:
+        stored, created = runtime.store.create(instance)
     if not created:
         _check_same_start(runtime, stored, workflow, encoded)
-    if created and not by_tick:
-        # The first pass runs here when it can: one broker hop less to the first step.
-        if delay or not runtime.first_pass(stored):
-            runtime.send_resume(stored.id, countdown=delay.total_seconds() or None)
+    if created and first is not None:
+        first.publish(runtime)
+    elif created and not by_tick:
+        runtime.send_resume(stored.id, countdown=delay.total_seconds() or None)
     elif (
         not created
         and stored.status is Status.PENDING

@@ -204,8 +204,10 @@ def replay_live(
     children: Mapping[str, Instance] = _NO_CHILDREN,
     cancel_requested: bool = False,
     failure_exceptions: tuple[type[BaseException], ...] = (),
+    keep: bool = True,
 ) -> tuple[Decision, LiveRun | None]:
-    """:func:`replay`, keeping the coroutine suspended if the workflow waits.
+    """:func:`replay`, keeping the coroutine suspended if the workflow waits (unless
+    ``keep`` is false: then it is :func:`replay`).
 
     Returns:
         The decision, and a :class:`LiveRun` to continue from when the workflow is left
@@ -223,7 +225,7 @@ def replay_live(
         cancel_requested,
         failure_exceptions,
     )
-    decision = driver.run(keep=True)
+    decision = driver.run(keep=keep)
     return decision, LiveRun(driver) if driver.coro is not None else None
 
 

@@ -44,7 +44,13 @@ from celery_durable.runtime.heartbeat import Heartbeats
 from celery_durable.runtime.live import LiveWorkflows
 from celery_durable.runtime.liveness import WorkerBeat, start_worker_beat
 from celery_durable.runtime.logs import quiet_task_logs
-from celery_durable.runtime.orchestrator import Loaded, StepOutcome, advance
+from celery_durable.runtime.orchestrator import (
+    FirstPass,
+    Loaded,
+    StepOutcome,
+    advance,
+    first_pass,
+)
 from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
 from celery_durable.runtime.settings import Settings
 from celery_durable.runtime.steps import DurableStep, step_task_id
@@ -489,29 +495,20 @@ class Durable:
         else:
             self.app.send_task(step.name, step.args, step.kwargs, task_id=task_id)
 
-    def first_pass(self, instance: Instance) -> bool:
-        """Run the first orchestrator pass of a just-created instance in this process (the
-        caller of ``.delay()``), so its first steps are published from here instead of
-        after a resume message's round trip; ``durable_start_in_caller`` turns it off.
+    def first_pass(self, instance: Instance) -> FirstPass | None:
+        """The first orchestrator pass of an instance about to be created, run in this
+        process (the caller of ``.delay()``): it is then stored with its first events in
+        one statement and its first steps are published from here, instead of after a
+        resume message's round trip (see :func:`.orchestrator.first_pass`).
 
         Returns:
-            ``False`` when the pass is left to a worker (turned off, or the workflow is
-            not registered in this process); the caller then sends a resume message.
-            A store error during the pass is logged and also gives ``False``: the resume
-            message's pass (or the tick) goes on from whatever was committed.
+            ``None`` when the pass is left to a worker: ``durable_start_in_caller`` is
+            off, the workflow is not registered in this process, or its first pass does
+            more than schedule steps and timers.
         """
-        if not self.settings.start_in_caller or instance.workflow not in self.workflows:
-            return False
-        try:
-            advance(self, instance.id, journal=(instance, []), keep=False)
-        except StoreError as exc:
-            logger.warning(
-                "workflow %s: its first pass failed here (%s); leaving it to a worker",
-                instance.id,
-                exc,
-            )
-            return False
-        return True
+        if not self.settings.start_in_caller:
+            return None
+        return first_pass(self, instance)
 
     def send_resume(self, instance_id: str, countdown: float | None = None) -> None:
         """Publish a message that runs the instance's orchestrator on some worker.

@@ -370,6 +370,69 @@ def _advance(
     )
 
 
+@dataclass(frozen=True)
+class FirstPass:
+    """A new instance's first pass, run before it is stored: the instance as its first
+    commit would leave it, that commit's events, and what to publish once stored."""
+
+    instance: Instance
+    events: list[Event]
+    decision: Decision
+    wake: Wake
+    now: datetime
+
+    def publish(self, durable: Durable) -> None:
+        """Send the first pass's messages (the instance and its events are stored)."""
+        faults.point(faults.AFTER_COMMIT)
+        _publish(durable, self.instance, self.decision, self.wake, self.now, [])
+
+
+def first_pass(durable: Durable, instance: Instance) -> FirstPass | None:
+    """Replay a new instance's empty journal before it is stored, so that it is created
+    with its first commit's events in one statement and its first steps are published
+    by the caller: no resume message, no extra round trip.
+
+    Returns ``None`` (create it, and send a resume message) unless the workflow is
+    registered here and its first pass leaves it simply running: steps, timers and
+    local runs; children, an end, a restart or a stuck pass go the usual way.
+    """
+    workflow = durable.workflows.get(instance.workflow)
+    if workflow is None or instance.inbox or instance.cancel_requested:
+        return None
+    try:
+        codec = durable.codec(instance.serializer)
+    except SerializationError:
+        return None
+    now = durable.now()
+    decision, _ = replay_live(
+        workflow.fn,
+        instance,
+        [],
+        codec=codec,
+        now=now,
+        resolve_step=durable.resolve_step,
+        failure_exceptions=workflow.failure_exceptions,
+        keep=False,
+    )
+    if (
+        decision.status is not Status.RUNNING
+        or decision.restart_input is not None
+        or decision.children
+        or decision.consumed
+        or decision.fired
+    ):
+        return None
+    wake = plan(durable, now, [], decision.new_events, decision.wake_at)
+    first = replace(
+        instance,
+        status=Status.RUNNING,
+        updated_at=now,
+        wake_at=wake.at,
+        custom_status=decision.custom_status,
+    )
+    return FirstPass(first, list(decision.new_events), decision, wake, now)
+
+
 def _started(events: list[Event], seq: int, now: datetime) -> tuple[list[Event], Event]:
     """``events`` with the new step at ``seq`` marked started now (attempt 1)."""
     marked = []

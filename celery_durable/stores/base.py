@@ -103,8 +103,10 @@ class StepStart:
 class Store(Protocol):
     """Where instances and their journals live."""
 
-    def create(self, instance: Instance) -> tuple[Instance, bool]:
-        """Insert ``instance`` unless one with its id exists.
+    def create(self, instance: Instance, events: Sequence[Event] = ()) -> tuple[Instance, bool]:
+        """Insert ``instance`` unless one with its id exists, with ``events`` (its journal
+        from seq 0: the first pass, run before the instance is stored) in the same
+        transaction; a duplicate id inserts nothing.
 
         Returns:
             The stored instance (the existing one on a duplicate id) and whether it was

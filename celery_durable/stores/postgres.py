@@ -29,7 +29,13 @@ from typing import Any
 from celery_durable import faults
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.stores.base import Commit, StepStart
-from celery_durable.stores.rows import aware, check_restart, failure_text, resent_seqs
+from celery_durable.stores.rows import (
+    aware,
+    check_restart,
+    failure_text,
+    instance_values,
+    resent_seqs,
+)
 from celery_durable.stores.schema import ACTIVE
 from celery_durable.stores.sqlalchemy import SQLAlchemyStore
 
@@ -148,6 +154,19 @@ _CLAIM_DUE = (
 )
 
 
+def _event_rows(count: int) -> str:
+    """``VALUES`` rows for ``count`` new events, parameters ``n<i>_<column>``."""
+    return ", ".join(
+        f"(%(n{i}_seq)s::int, %(n{i}_kind)s::text, %(n{i}_name)s::text,"
+        f" %(n{i}_input)s::text, %(n{i}_state)s::text, %(n{i}_output)s::text,"
+        f" %(n{i}_failure)s::text, %(n{i}_scheduled_at)s::timestamptz,"
+        f" %(n{i}_started_at)s::timestamptz, %(n{i}_completed_at)s::timestamptz,"
+        f" %(n{i}_attempts)s::int, %(n{i}_heartbeat_at)s::timestamptz,"
+        f" %(n{i}_resends)s::int)"
+        for i in range(count)
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _commit_sql(
     outcomes: int, new_events: int, resent: bool, consumed: int = 0, restart: bool = False
@@ -224,15 +243,7 @@ def _commit_sql(
             f" AND e.seq = ANY(%(resent)s::int[]) AND e.state IN {_PENDING})"
         )
     if new_events:
-        rows = ", ".join(
-            f"(%(n{i}_seq)s::int, %(n{i}_kind)s::text, %(n{i}_name)s::text,"
-            f" %(n{i}_input)s::text, %(n{i}_state)s::text, %(n{i}_output)s::text,"
-            f" %(n{i}_failure)s::text, %(n{i}_scheduled_at)s::timestamptz,"
-            f" %(n{i}_started_at)s::timestamptz, %(n{i}_completed_at)s::timestamptz,"
-            f" %(n{i}_attempts)s::int, %(n{i}_heartbeat_at)s::timestamptz,"
-            f" %(n{i}_resends)s::int)"
-            for i in range(new_events)
-        )
+        rows = _event_rows(new_events)
         # After a restart's DELETE has run to its end (the count is computed before the
         # first row is inserted), so the new seqs do not collide with the old run's.
         after_wipe = " WHERE (SELECT count(*) FROM wiped) >= 0" if restart else ""
@@ -244,8 +255,61 @@ def _commit_sql(
     return ", ".join(parts) + " SELECT count(*) FROM moved"
 
 
+@functools.lru_cache(maxsize=16)
+def _create_sql(new_events: int) -> str:
+    """Insert an instance (nothing on a duplicate id) and its first events, one statement."""
+    columns = [c.strip() for c in _INSTANCE_COLUMNS.split(",")]
+    sql = (
+        f"WITH made AS (INSERT INTO durable_instances ({', '.join(columns)})"
+        f" VALUES ({', '.join(f'%(i_{c})s' for c in columns)})"
+        " ON CONFLICT (id) DO NOTHING RETURNING id)"
+    )
+    if new_events:
+        rows = _event_rows(new_events)
+        sql += (
+            f", inserted AS (INSERT INTO durable_events (instance_id, {_EVENT_COLUMNS})"
+            f" SELECT made.id, v.* FROM made, (VALUES {rows}) AS v({_EVENT_COLUMNS}))"
+        )
+    return sql + " SELECT count(*) FROM made"
+
+
+def _event_params(prefix: str, e: Event) -> dict[str, Any]:
+    return {
+        f"{prefix}_seq": e.seq,
+        f"{prefix}_kind": Kind(e.kind).value,
+        f"{prefix}_name": e.name,
+        f"{prefix}_input": e.input,
+        f"{prefix}_state": State(e.state).value,
+        f"{prefix}_output": e.output,
+        f"{prefix}_failure": failure_text(e.failure),
+        f"{prefix}_scheduled_at": aware(e.scheduled_at, "scheduled_at"),
+        f"{prefix}_started_at": aware(e.started_at, "started_at"),
+        f"{prefix}_completed_at": aware(e.completed_at, "completed_at"),
+        f"{prefix}_attempts": e.attempts,
+        f"{prefix}_heartbeat_at": aware(e.heartbeat_at, "heartbeat_at"),
+        f"{prefix}_resends": e.resends,
+    }
+
+
 class PostgresStore(SQLAlchemyStore):
     """The SQL store on PostgreSQL, with single-statement :meth:`load` and :meth:`commit`."""
+
+    def create(self, instance: Instance, events: Sequence[Event] = ()) -> tuple[Instance, bool]:
+        """Insert ``instance`` and its first ``events`` as one statement unless the id
+        exists (see ``Store.create``)."""
+        params = {f"i_{key}": value for key, value in instance_values(instance).items()}
+        for i, e in enumerate(events):
+            params.update(_event_params(f"n{i}", e))
+        with self._read() as conn:
+            made = conn.exec_driver_sql(_create_sql(len(events)), params).scalar_one()
+            if events:
+                faults.point(faults.MID_COMMIT)  # a first pass's commit
+        if made == 1:
+            return instance, True
+        existing = self.get(instance.id)
+        if existing is None:  # deleted between the two statements: try again
+            return self.create(instance, events)
+        return existing, False
 
     def load(self, instance_id: str) -> tuple[Instance, list[Event]] | None:
         """The instance and its events, by one statement (one snapshot, one round trip)."""
@@ -300,23 +364,7 @@ class PostgresStore(SQLAlchemyStore):
                 }
             )
         for i, e in enumerate(commit.new_events):
-            params.update(
-                {
-                    f"n{i}_seq": e.seq,
-                    f"n{i}_kind": Kind(e.kind).value,
-                    f"n{i}_name": e.name,
-                    f"n{i}_input": e.input,
-                    f"n{i}_state": State(e.state).value,
-                    f"n{i}_output": e.output,
-                    f"n{i}_failure": failure_text(e.failure),
-                    f"n{i}_scheduled_at": aware(e.scheduled_at, "scheduled_at"),
-                    f"n{i}_started_at": aware(e.started_at, "started_at"),
-                    f"n{i}_completed_at": aware(e.completed_at, "completed_at"),
-                    f"n{i}_attempts": e.attempts,
-                    f"n{i}_heartbeat_at": aware(e.heartbeat_at, "heartbeat_at"),
-                    f"n{i}_resends": e.resends,
-                }
-            )
+            params.update(_event_params(f"n{i}", e))
         sql = _commit_sql(
             len(commit.outcomes),
             len(commit.new_events),

@@ -70,6 +70,7 @@ from celery_durable.stores.schema import (
     instances,
     signals,
 )
+from celery_durable.stores.schema import events as events_table
 from celery_durable.stores.workers import WorkerRegistry
 
 __all__ = ["SQLAlchemyStore"]
@@ -100,12 +101,17 @@ class SQLAlchemyStore(WorkerRegistry):
 
     # ------------------------------------------------------------------ Store protocol
 
-    def create(self, instance: Instance) -> tuple[Instance, bool]:
-        """Insert ``instance`` unless one with its id exists (see ``Store.create``)."""
+    def create(self, instance: Instance, events: Sequence[Event] = ()) -> tuple[Instance, bool]:
+        """Insert ``instance`` (and its first ``events``) unless one with its id exists
+        (see ``Store.create``)."""
         values = instance_values(instance)
+        rows = [event_values(instance.id, e) for e in events]
         try:
             with self._transaction(write=True) as conn:
                 conn.execute(insert(instances).values(**values))
+                if rows:
+                    conn.execute(insert(events_table), rows)
+                    faults.point(faults.MID_COMMIT)  # a first pass's commit
         except StoreError as exc:
             if not isinstance(exc.__cause__, sa_exc.IntegrityError):
                 raise

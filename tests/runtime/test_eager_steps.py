@@ -237,6 +237,4 @@ def test_signals_racing_with_the_chain_are_all_taken(durable: Durable, worker: A
         for i in range(10):
             handle.signal("s", i)  # each bumps the version under the running chain
         assert handle.result(timeout=60) == [200, list(range(10))]
-    assert [event.attempts for event in handle.history() if event.kind.value == "step"] == [
-        1
-    ] * 200
+    assert [event.attempts for event in handle.history() if event.kind.value == "step"] == [1] * 200

@@ -88,11 +88,13 @@ def test_unencodable_payload_is_refused_and_nothing_is_stored(durable: Durable) 
     async def wf(ctx: WorkflowContext) -> Any:
         return await ctx.wait_signal("x")
 
-    handle = wf.delay()
+    handle = wf.delay()  # its first pass (run here) waits for the signal
+    before = durable.store.get(handle.id)
     with pytest.raises(SerializationError, match="payload of signal 'x'"):
         handle.signal("x", object())
     assert durable.store.signals(handle.id) == []
-    assert handle.status() == Status.PENDING
+    assert durable.store.get(handle.id) == before
+    assert handle.status() == Status.RUNNING
 
 
 def test_signal_or_timeout_race(durable: Durable, worker: Any) -> None:

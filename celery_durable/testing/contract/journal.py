@@ -138,6 +138,26 @@ class JournalContract:
         assert loaded is not None
         assert loaded[0].version == commits
 
+    def test_create_with_the_first_pass_events(self, store: Store) -> None:
+        instance = make_instance("wf-first", status=Status.RUNNING, wake_at=T0)
+        first = [
+            make_event(0, kind=Kind.RUN, state=State.COMPLETED, output='"id-1"', completed_at=T0),
+            make_event(1, input='[["a"], {}]'),
+        ]
+
+        stored, created = store.create(instance, first)
+
+        assert created is True
+        assert stored == instance
+        assert store.load("wf-first") == (instance, first)
+        # A duplicate id inserts neither the instance nor its events.
+        again, created = store.create(
+            make_instance("wf-first", input='[["other"], {}]'), [make_event(0, name="other")]
+        )
+        assert created is False
+        assert again == instance
+        assert store.load("wf-first") == (instance, first)
+
     def test_create_is_idempotent(self, store: Store) -> None:
         first = make_instance("wf-dup", input='[["first"], {}]')
         store.create(first)
