@@ -183,9 +183,13 @@ class LiveRun:
         signals: Sequence[Signal] = (),
         children: Mapping[str, Instance] = _NO_CHILDREN,
         cancel_requested: bool = False,
+        pending_from: int = 0,
     ) -> Decision | None:
-        """The next pass, or ``None`` if the journal cannot be continued (replay it)."""
-        return self._driver.resume(instance, events, now, signals, children, cancel_requested)
+        """The next pass, or ``None`` if the journal cannot be continued (replay it).
+        ``pending_from``: a seq before which every event is known to be final."""
+        return self._driver.resume(
+            instance, events, now, signals, children, cancel_requested, pending_from
+        )
 
     def close(self) -> None:
         """Close the suspended coroutine (its ``finally`` blocks run quietly)."""
@@ -342,6 +346,7 @@ class _Pass:
         signals: Sequence[Signal],
         children: Mapping[str, Instance],
         cancel_requested: bool,
+        pending_from: int = 0,
     ) -> Decision | None:
         """The next pass, continuing the coroutine :meth:`run` (or an earlier resume) left
         suspended, instead of replaying the journal from the start.
@@ -355,13 +360,14 @@ class _Pass:
         caller replays in full.
 
         The coroutine stays suspended for the next call if the workflow waits again.
+        ``pending_from``: a seq before which the caller knows every event is final.
         """
         coro, awaited = self.coro, self.waiting_on
         self.coro = self.waiting_on = None
         if coro is None or awaited is None:
             return None
         if len(events) != self.cursor.seq or any(
-            event.kind == Kind.CHILD and not event.state.is_final for event in events
+            event.kind == Kind.CHILD and not event.state.is_final for event in events[pending_from:]
         ):
             # Not the journal it suspended on, or a child whose start a crash may have
             # cut off (a full replay lists every pending child to start again).

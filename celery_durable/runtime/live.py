@@ -42,12 +42,22 @@ class LiveEntry:
         fn: the workflow function it runs (a redeployed function is not continued).
         instance: the instance row as the commit left it (its ``version`` included).
         events: the journal as the commit left it.
+        pending_from: a seq before which every event is final (the scans of the next
+            pass start there, so a pass costs the same at the 1,000th step as at the
+            first); moved up to the first pending event when the entry is made.
     """
 
     run: LiveRun
     fn: Callable[..., Any]
     instance: Instance
     events: list[Event]
+    pending_from: int = 0
+
+    def __post_init__(self) -> None:
+        events, seq = self.events, self.pending_from
+        while seq < len(events) and events[seq].state.is_final:
+            seq += 1
+        self.pending_from = seq
 
     def fits(self, fn: Callable[..., Any], instance: Instance, events: Sequence[Event]) -> bool:
         """True if ``events`` (read with ``instance``) is this entry's journal, with at
@@ -136,6 +146,7 @@ def journal_after(
 
     ``events`` may already hold the commit's outcomes (the orchestrator merges a step's
     outcome into the journal it read); they are applied again as the store applies them.
+    A list is updated in place (no copy per pass) and returned.
     """
     if (
         commit.status is not Status.RUNNING
@@ -144,7 +155,7 @@ def journal_after(
         or commit.resent
     ):
         return None
-    journal = list(events)
+    journal = events if isinstance(events, list) else list(events)  # the caller's, used up
     for outcome in commit.outcomes:
         before = journal[outcome.seq]
         journal[outcome.seq] = dataclasses.replace(

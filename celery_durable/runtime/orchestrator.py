@@ -178,13 +178,13 @@ def advance(
     outcome (if any) is journaled, the instance notes that it waits for a worker that
     knows its workflow, and the tick sends it one resume at a time until one does.
     """
-    held = durable.live.take(instance_id)
+    # The pass takes the kept workflow out of the box once it uses it (or drops it).
+    held: list[LiveEntry | None] = [durable.live.take(instance_id)]
     try:
         _advance(durable, instance_id, outcome, journal, eager, held, keep)
-    except BaseException:
-        if held is not None:
-            held.run.close()
-        raise
+    finally:
+        if held[0] is not None:
+            held[0].run.close()
 
 
 def _advance(
@@ -193,7 +193,7 @@ def _advance(
     outcome: StepOutcome | None,
     journal: Loaded | None,
     eager: EagerChain | None,
-    held: LiveEntry | None,
+    held: list[LiveEntry | None],
     keep: bool,
 ) -> None:
     store = durable.store
@@ -239,35 +239,40 @@ def _advance(
                 return
             continue
 
+        # A kept workflow whose journal this is goes on from where it waits; the events
+        # before its first pending one are final, and the scans below skip them.
+        live, held[0] = held[0], None
+        if live is not None and not live.fits(workflow.fn, instance, events):
+            live.run.close()
+            durable.live.misses += 1
+            live = None
+        start = live.pending_from if live is not None else 0
+        tail = events[start:]
         now = durable.now()
-        for event in lost_for_good(durable, now, events):
+        for event in lost_for_good(durable, now, tail):
             # Lost more often than durable_max_resends: a poison step, failed for good.
             failed = _step_lost(durable, event, now)
             events[event.seq] = failed
             outcomes.append(failed)
         codec = durable.codec(instance.serializer)
-        waiting = waiting_children(events, codec)
+        waiting = waiting_children(tail, codec)
         children = {child.id: child for child in store.get_many(list(waiting))}
         signals = store.signals(instance_id) if instance.inbox else ()
         cancel_requested = instance.cancel_requested or closing == "cancel"
         decision: Decision | None = None
         kept: LiveRun | None = None
-        if held is not None:
-            if held.fits(workflow.fn, instance, events):
-                decision = held.run.resume(
-                    instance,
-                    events,
-                    now=now,
-                    signals=signals,
-                    children=children,
-                    cancel_requested=cancel_requested,
-                )
-                kept = held.run if held.run.waiting else None
-                durable.live.hits += decision is not None
-            else:
-                held.run.close()
-                durable.live.misses += 1
-            held = None
+        if live is not None:
+            decision = live.run.resume(
+                instance,
+                events,
+                now=now,
+                signals=signals,
+                children=children,
+                cancel_requested=cancel_requested,
+                pending_from=start,
+            )
+            kept = live.run if live.run.waiting else None
+            durable.live.hits += decision is not None
         if decision is None:
             decision, kept = replay_live(
                 workflow.fn,
@@ -288,7 +293,7 @@ def _advance(
         new_events = decision.new_events
         handed: ScheduleStep | None = None
         if decision.status is Status.RUNNING and decision.restart_input is None:
-            pending = [e for e in events if e.kind is Kind.STEP and not e.state.is_final]
+            pending = [e for e in events[start:] if e.kind is Kind.STEP and not e.state.is_final]
             if eager is not None and len(decision.steps) == 1 and not decision.children:
                 handed = eager.accepts(decision.steps[0])
             if handed is not None:
@@ -326,7 +331,7 @@ def _advance(
             # Already up to date: e.g. a duplicate message after the first copy won. A
             # kept workflow still waits where it did, on the journal as read.
             if kept is not None:
-                durable.live.put(LiveEntry(kept, workflow.fn, instance, events))
+                durable.live.put(LiveEntry(kept, workflow.fn, instance, events, start))
             return
         commit = Commit(
             instance_id=instance_id,
@@ -352,7 +357,7 @@ def _advance(
         faults.point(faults.AFTER_COMMIT)
         after = journal_after(instance, events, commit) if kept or handed else None
         if kept is not None and after is not None and keep:
-            durable.live.put(LiveEntry(kept, workflow.fn, *after))
+            durable.live.put(LiveEntry(kept, workflow.fn, *after, pending_from=start))
         elif kept is not None:
             kept.close()
         if handed is not None:
