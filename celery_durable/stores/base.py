@@ -276,6 +276,12 @@ class Store(Protocol):
         parent (a parent's children)."""
         ...
 
+    def wait_ended(self, instance_id: str, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, returning as soon as the store learns that the
+        instance may have ended (a store without notifications simply sleeps). The caller
+        looks at the instance again either way: this only shortens a poll's pause."""
+        ...
+
     def close(self) -> None:
         """Release connections. The store may be used again afterwards (it reconnects)."""
         ...

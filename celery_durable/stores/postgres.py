@@ -29,6 +29,7 @@ from typing import Any
 from celery_durable import faults
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.stores.base import Commit, StepStart
+from celery_durable.stores.notify import CHANNEL, EndListener
 from celery_durable.stores.rows import (
     aware,
     check_restart,
@@ -169,7 +170,12 @@ def _event_rows(count: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _commit_sql(
-    outcomes: int, new_events: int, resent: bool, consumed: int = 0, restart: bool = False
+    outcomes: int,
+    new_events: int,
+    resent: bool,
+    consumed: int = 0,
+    restart: bool = False,
+    ends: bool = False,
 ) -> str:
     """The commit statement for this many outcomes, new events and consumed signals (and
     resent steps, and a restart)."""
@@ -252,6 +258,12 @@ def _commit_sql(
             f" SELECT moved.id, v.* FROM moved, (VALUES {rows}) AS v({_EVENT_COLUMNS})"
             f"{after_wipe})"
         )
+    if ends:
+        # Wakes handle.result() waiters (stores/notify.py) when the transaction commits.
+        parts.append(f"ended AS (SELECT pg_notify('{CHANNEL}', id) FROM moved)")
+        return (
+            ", ".join(parts) + " SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM ended)"
+        )
     return ", ".join(parts) + " SELECT count(*) FROM moved"
 
 
@@ -293,6 +305,8 @@ def _event_params(prefix: str, e: Event) -> dict[str, Any]:
 
 class PostgresStore(SQLAlchemyStore):
     """The SQL store on PostgreSQL, with single-statement :meth:`load` and :meth:`commit`."""
+
+    _listener: EndListener | None = None
 
     def create(self, instance: Instance, events: Sequence[Event] = ()) -> tuple[Instance, bool]:
         """Insert ``instance`` and its first ``events`` as one statement unless the id
@@ -365,17 +379,44 @@ class PostgresStore(SQLAlchemyStore):
             )
         for i, e in enumerate(commit.new_events):
             params.update(_event_params(f"n{i}", e))
+        status = Status(commit.status)
         sql = _commit_sql(
             len(commit.outcomes),
             len(commit.new_events),
             bool(resent),
             len(commit.consumed),
             restart,
+            status.is_terminal or status is Status.STUCK,
         )
         with self._read() as conn:
-            moved = conn.exec_driver_sql(sql, params).scalar_one()
+            moved = conn.exec_driver_sql(sql, params).first()
             faults.point(faults.MID_COMMIT)
-        return bool(moved == 1)
+        return moved is not None and moved[0] == 1
+
+    def wait_ended(self, instance_id: str, timeout: float) -> None:
+        """Block up to ``timeout`` seconds or until a commit ends the instance (PostgreSQL
+        NOTIFY, heard by one listening connection per process: ``stores/notify.py``)."""
+        listener = self._listener
+        if listener is None:
+            with self._lock:
+                listener = self._listener
+                if listener is None:
+                    listener = self._listener = EndListener(self._listen_connection)
+        listener.wait(instance_id, timeout)
+
+    def _listen_connection(self) -> Any:
+        import psycopg
+
+        engine = self._ready_engine()
+        args, kwargs = engine.dialect.create_connect_args(engine.url)
+        return psycopg.connect(*args, **{**kwargs, "autocommit": True})
+
+    def close(self) -> None:
+        """Release connections, and stop listening for ended instances."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        super().close()
 
     def start_step(
         self, instance_id: str, run: int, seq: int, name: str, at: datetime, wake_by: datetime

@@ -28,6 +28,7 @@ Connections, SQLite and processes: see :mod:`celery_durable.stores.connections`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -120,6 +121,10 @@ class SQLAlchemyStore(WorkerRegistry):
                 raise
             return existing, False
         return instance, True
+
+    def wait_ended(self, instance_id: str, timeout: float) -> None:
+        """Sleep ``timeout`` seconds (no notifications here; see ``Store.wait_ended``)."""
+        time.sleep(max(timeout, 0.0))
 
     def get(self, instance_id: str) -> Instance | None:
         """The instance row alone, or ``None``."""
