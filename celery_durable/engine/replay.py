@@ -151,88 +151,6 @@ def replay(
     ).run()
 
 
-class LiveRun:
-    """A workflow coroutine kept suspended after a pass (sticky execution), so that the
-    next pass continues it with what settled since instead of replaying the journal.
-
-    Made by :func:`replay_live`. The decision :meth:`resume` returns is the one
-    :func:`replay` would return over the same journal; the caller must only hand it the
-    journal the previous pass left, as committed, plus outcomes journaled since (see
-    :meth:`_Pass.resume`). Not thread-safe: one pass at a time.
-    """
-
-    def __init__(self, driver: _Pass) -> None:
-        self._driver = driver
-
-    @property
-    def waiting(self) -> bool:
-        """True while the coroutine is suspended (the last pass left it waiting)."""
-        return self._driver.coro is not None
-
-    @property
-    def length(self) -> int:
-        """How many journal events the suspended coroutine has walked through."""
-        return self._driver.cursor.seq
-
-    def resume(
-        self,
-        instance: Instance,
-        events: Sequence[Event],
-        *,
-        now: datetime,
-        signals: Sequence[Signal] = (),
-        children: Mapping[str, Instance] = _NO_CHILDREN,
-        cancel_requested: bool = False,
-        pending_from: int = 0,
-    ) -> Decision | None:
-        """The next pass, or ``None`` if the journal cannot be continued (replay it).
-        ``pending_from``: a seq before which every event is known to be final."""
-        return self._driver.resume(
-            instance, events, now, signals, children, cancel_requested, pending_from
-        )
-
-    def close(self) -> None:
-        """Close the suspended coroutine (its ``finally`` blocks run quietly)."""
-        self._driver.close()
-
-
-def replay_live(
-    workflow: Callable[..., Coroutine[Any, Any, Any]],
-    instance: Instance,
-    events: Sequence[Event],
-    *,
-    codec: Codec,
-    now: datetime,
-    resolve_step: Callable[[Any], str] = task_name,
-    signals: Sequence[Signal] = (),
-    children: Mapping[str, Instance] = _NO_CHILDREN,
-    cancel_requested: bool = False,
-    failure_exceptions: tuple[type[BaseException], ...] = (),
-    keep: bool = True,
-) -> tuple[Decision, LiveRun | None]:
-    """:func:`replay`, keeping the coroutine suspended if the workflow waits (unless
-    ``keep`` is false: then it is :func:`replay`).
-
-    Returns:
-        The decision, and a :class:`LiveRun` to continue from when the workflow is left
-        waiting (``None`` when it ended, continued as new or is stuck).
-    """
-    driver = _Pass(
-        workflow,
-        instance,
-        events,
-        codec,
-        now,
-        resolve_step,
-        signals,
-        children,
-        cancel_requested,
-        failure_exceptions,
-    )
-    decision = driver.run(keep=keep)
-    return decision, LiveRun(driver) if driver.coro is not None else None
-
-
 def _describe(event: Event) -> str:
     kind = getattr(event.kind, "value", event.kind)  # a store may hand back plain strings
     return f"{kind} {event.name!r}"
@@ -304,11 +222,11 @@ class _Pass:
         self.waiting_on: _Awaitable | None = None
         """What the workflow awaits when the pass leaves it waiting."""
         self.coro: Coroutine[Any, Any, Any] | None = None
-        """The suspended coroutine, kept by ``run(keep=True)`` for :meth:`resume`."""
+        """The suspended coroutine, kept by ``run(keep=True)`` for ``engine.live.LiveRun``."""
 
     def run(self, keep: bool = False) -> Decision:
         """The pass over the whole journal. With ``keep``, a workflow left waiting stays
-        suspended in :attr:`coro` for :meth:`resume`; otherwise it is closed."""
+        suspended in :attr:`coro` (``engine.live.LiveRun`` resumes it); otherwise it is closed."""
         coro: Coroutine[Any, Any, Any] | None = None
         try:
             self._check_journal()
@@ -337,87 +255,6 @@ class _Pass:
         finally:
             if coro is not None:
                 self._discard(coro)
-
-    def resume(
-        self,
-        instance: Instance,
-        events: Sequence[Event],
-        now: datetime,
-        signals: Sequence[Signal],
-        children: Mapping[str, Instance],
-        cancel_requested: bool,
-        pending_from: int = 0,
-    ) -> Decision | None:
-        """The next pass, continuing the coroutine :meth:`run` (or an earlier resume) left
-        suspended, instead of replaying the journal from the start.
-
-        ``events`` must be the journal that pass left (its new events and outcomes
-        committed) with whatever settled since (outcomes of pending events): the same
-        prefix a full replay would walk through to reach the suspended ``await``, which
-        is then resolved against ``events`` exactly as a full replay resolves it there.
-        The decision is then the one :func:`replay` would make. Returns ``None`` (and
-        closes the coroutine) when the journal is not one it can continue from: the
-        caller replays in full.
-
-        The coroutine stays suspended for the next call if the workflow waits again.
-        ``pending_from``: a seq before which the caller knows every event is final.
-        """
-        coro, awaited = self.coro, self.waiting_on
-        self.coro = self.waiting_on = None
-        if coro is None or awaited is None:
-            return None
-        if len(events) != self.cursor.seq or any(
-            event.kind == Kind.CHILD and not event.state.is_final for event in events[pending_from:]
-        ):
-            # Not the journal it suspended on, or a child whose start a crash may have
-            # cut off (a full replay lists every pending child to start again).
-            self._discard(coro)
-            return None
-        self.instance = instance
-        self.journal = self.cursor.journal = events
-        self.now = self.cursor.now = now
-        self.awaited_children = []
-        self.new_events = []
-        self.steps = []
-        self.started = []
-        self.timers = []
-        self.cancel_pending = cancel_requested and not any(
-            event.kind == Kind.CANCEL for event in events
-        )
-        self.settlement = Settlement(
-            instance, events, self.new_events, self.codec, now, signals, children, self.label
-        )
-        kept: Coroutine[Any, Any, Any] | None = coro
-        try:
-            if isinstance(awaited, _Combination):
-                commands = list(awaited.parts)
-            elif isinstance(awaited, _Rejoin):
-                commands = [awaited.command]
-            else:
-                assert isinstance(awaited, _Command)
-                commands = [awaited]
-            outcome = self._settle_awaited(awaited, [self._issued(c) for c in commands])
-            if outcome is None:
-                self.waiting_on = awaited
-                decision = self._decision(Status.RUNNING)
-            else:
-                decision = self._drive(coro, outcome)
-            if self.waiting_on is not None:
-                self.coro, kept = coro, None
-            return decision
-        except NonDeterminismError as exc:
-            return Decision(Status.STUCK, failure=Failure("NonDeterminismError", str(exc)))
-        except Stuck as stuck:
-            return Decision(Status.STUCK, failure=stuck.failure)
-        finally:
-            if kept is not None:
-                self._discard(kept)
-
-    def close(self) -> None:
-        """Close a coroutine kept suspended (its ``finally`` blocks run quietly)."""
-        coro, self.coro, self.waiting_on = self.coro, None, None
-        if coro is not None:
-            self._discard(coro)
 
     def _drive(self, coro: Coroutine[Any, Any, Any], outcome: Outcome) -> Decision:
         while True:

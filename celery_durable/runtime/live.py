@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_durable.engine.journal import Event, Instance, Status
-from celery_durable.engine.replay import LiveRun
+from celery_durable.engine.live import LiveRun
 from celery_durable.stores.base import Commit
 
 

@@ -16,7 +16,7 @@ from celery_durable import faults
 from celery_durable.client import close_children, terminate
 from celery_durable.engine.commands import Decision, ScheduleStep, StartChild
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
-from celery_durable.engine.replay import LiveRun, replay_live
+from celery_durable.engine.live import LiveRun, replay_live
 from celery_durable.errors import (
     SerializationError,
     StoreError,

@@ -21,7 +21,8 @@ from conftest import T0, JsonCodec  # type: ignore[import-not-found]
 from celery_durable.engine import WorkflowContext
 from celery_durable.engine.commands import Decision
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
-from celery_durable.engine.replay import LiveRun, replay, replay_live
+from celery_durable.engine.live import LiveRun, replay_live
+from celery_durable.engine.replay import replay
 from celery_durable.errors import StepFailed, WorkflowCancelled
 
 
