@@ -88,11 +88,23 @@ class LiveEntry:
         return True
 
 
-class LiveWorkflows:
-    """This process's suspended workflows, least recently used dropped first."""
+#: Journal events all of one process's kept workflows may hold together (about 100 MB of
+#: journal at most): long journals are kept fewer at a time.
+MAX_KEPT_EVENTS = 200_000
 
-    def __init__(self, size: int) -> None:
+
+class LiveWorkflows:
+    """This process's suspended workflows, least recently used dropped first.
+
+    Args:
+        size: how many it keeps at most (``durable_live_cache``).
+        max_events: how many journal events they may hold together.
+    """
+
+    def __init__(self, size: int, max_events: int = MAX_KEPT_EVENTS) -> None:
         self.size = size
+        self.max_events = max_events
+        self._events = 0
         self._entries: OrderedDict[str, LiveEntry] = OrderedDict()
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -106,12 +118,16 @@ class LiveWorkflows:
         with self._lock:
             if self._pid != os.getpid():  # a forked copy: its entries are the parent's
                 self._entries.clear()
+                self._events = 0
                 self._pid = os.getpid()
-            return self._entries.pop(instance_id, None)
+            entry = self._entries.pop(instance_id, None)
+            if entry is not None:
+                self._events -= len(entry.events)
+            return entry
 
     def put(self, entry: LiveEntry) -> None:
         """Keep ``entry`` (replacing any older one of the instance), within the size."""
-        if self.size <= 0:
+        if self.size <= 0 or len(entry.events) > self.max_events:
             entry.run.close()
             return
         dropped = []
@@ -119,9 +135,13 @@ class LiveWorkflows:
             old = self._entries.pop(entry.instance.id, None)
             if old is not None:
                 dropped.append(old)
+                self._events -= len(old.events)
             self._entries[entry.instance.id] = entry
-            while len(self._entries) > self.size:
-                dropped.append(self._entries.popitem(last=False)[1])
+            self._events += len(entry.events)
+            while len(self._entries) > self.size or self._events > self.max_events:
+                gone = self._entries.popitem(last=False)[1]
+                self._events -= len(gone.events)
+                dropped.append(gone)
         for gone in dropped:
             gone.run.close()
 
@@ -130,6 +150,7 @@ class LiveWorkflows:
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
+            self._events = 0
         for entry in entries:
             entry.run.close()
 
