@@ -6,7 +6,9 @@ with celery_durable's DEFAULT timing settings (step timeout 300 s, heartbeat 2 s
 worker died is sent again within 30 s must hold as shipped. The issue 9 prefork tests
 (``test_trust_prefork.py``) set ``TRUST_STEP_TIMEOUT``, ``TRUST_HEARTBEAT_INTERVAL`` and
 ``TRUST_TICK_INTERVAL`` where the tick matters, and ``TRUST_DIR``, the directory of the
-flag files their workflows read (see ``trust_workflows.py``, registered here too).
+flag files their workflows read (see ``trust_workflows.py``, registered here too). The
+eager-chain tests (``test_eager_prefork.py``) also set ``TRUST_MAX_RESENDS`` and
+``TRUST_CRASH_POINTS`` (arm :func:`install_crash_points` in the workers).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from celery_durable import Durable, StepFailed, WorkflowContext, current_step
+from celery_durable import Durable, StepFailed, WorkflowContext, current_step, faults
 from chaos import trust_workflows
 from chaos.mix import log_line
 
@@ -44,6 +46,8 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
     for setting in ("resume_time_limit", "step_timeout", "heartbeat_interval", "tick_interval"):
         if f"TRUST_{setting.upper()}" in env:
             app.conf[f"durable_{setting}"] = float(env[f"TRUST_{setting.upper()}"])
+    if "TRUST_MAX_RESENDS" in env:
+        app.conf.durable_max_resends = int(env["TRUST_MAX_RESENDS"])
     durable = Durable(app)
     record = Path(env["TRUST_RECORD"])
     trust_workflows.register(durable, record, Path(env.get("TRUST_DIR") or record.parent))
@@ -114,4 +118,27 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
     return app, durable
 
 
+def install_crash_points(record: Path, flags: Path) -> None:
+    """Arm :mod:`celery_durable.faults` in this (worker) process: a pool process that
+    reaches point ``P`` while the flag file ``<P>.<its pid>`` exists takes the file (an
+    atomic rename), logs a ``fault`` line and SIGKILLs itself. A step arms its own
+    process that way (``trust.eager_step`` with action ``"arm"``)."""
+
+    def crash_if_armed(name: str) -> None:
+        armed = flags / f"{name}.{os.getpid()}"
+        try:
+            os.rename(armed, flags / f"{name}.{os.getpid()}.fired")
+        except FileNotFoundError:
+            return
+        log_line(record, "fault", name, "crash")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    faults.set_handler(crash_if_armed)
+
+
 app = make_app()[0] if "TRUST_BROKER" in os.environ else None
+if app is not None and os.environ.get("TRUST_CRASH_POINTS"):
+    install_crash_points(
+        Path(os.environ["TRUST_RECORD"]),
+        Path(os.environ.get("TRUST_DIR") or Path(os.environ["TRUST_RECORD"]).parent),
+    )

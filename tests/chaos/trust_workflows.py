@@ -10,11 +10,13 @@ a line of the record file: ``label <idempotency key>#<attempt> start|end pid tim
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
-from celery_durable import Durable, StepFailed, WorkflowContext, current_step
+from celery_durable import Durable, StepFailed, WorkflowContext, current_step, faults
 from chaos.mix import log_line
 
 STRAGGLER = "trust.continue_with_straggler"
@@ -29,6 +31,13 @@ REFUND = "trust.refund"
 CLAIMS_CHILD = "trust.claims_child"
 CHILD = "trust.child_waits"
 PARENT = "trust.parent"
+
+EAGER_CHAIN = "trust.eager_chain"
+EAGER_POISON = "trust.eager_poison"
+
+#: How long an eager chain's ``sleep`` step runs: longer than the silence limit of the
+#: eager tests (5 x 0.5 s heartbeats), so only its beats keep it from being sent again.
+EAGER_SLEEP_SECONDS = 3.0
 
 #: How long the straggler waits for its release file at most.
 STRAGGLER_SECONDS = 30.0
@@ -175,3 +184,43 @@ def register(durable: Durable, record: Path, flags: Path) -> None:
         if policy == "default":
             return await ctx.child(child_waits)
         return await ctx.child(child_waits, on_parent_close=policy)
+
+    # ---------------------------------------------- eager chains (test_eager_prefork.py)
+    @durable.step(name="trust.eager_step")
+    def eager_step(index: int, action: str) -> str:
+        note(f"eager{index}")
+        if action == "sleep":
+            time.sleep(EAGER_SLEEP_SECONDS)
+        elif action == "arm":
+            # This process dies at the next commit it makes: this step's own, which
+            # hands the next step over (see trust_app.install_crash_points).
+            (flags / f"{faults.AFTER_COMMIT}.{os.getpid()}").touch()
+        elif action == "poison":
+            os.kill(os.getpid(), signal.SIGKILL)  # every run, as the OOM killer would
+        note(f"eager{index}", "end")
+        return f"{action}-{index}"
+
+    @durable.step(name="trust.eager_undo")
+    def eager_undo() -> str:
+        note("eager_undo")
+        return "undone"
+
+    @durable.workflow(name=EAGER_CHAIN)
+    async def eager_chain(ctx: WorkflowContext, actions: list[str]) -> list[str]:
+        results = []
+        for index, action in enumerate(actions):
+            results.append(str(await ctx.step(eager_step, index, action)))
+        return results
+
+    @durable.workflow(name=EAGER_POISON)
+    async def eager_poison(ctx: WorkflowContext) -> str:
+        try:
+            async with ctx.saga() as saga:
+                await ctx.step(eager_step, 0, "quick")
+                saga.compensate(eager_undo)  # runs when the lost step fails the block
+                await ctx.step(eager_step, 1, "poison")  # handed over by step 0's commit
+        except StepFailed as failed:
+            if failed.type != "StepLost":
+                raise
+            return f"{failed.type}: {failed.message}"
+        return "unreachable"

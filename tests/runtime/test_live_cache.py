@@ -44,7 +44,7 @@ async def wf(ctx: WorkflowContext, n: int) -> int:
 
 def entry(instance_id: str, steps: int = 3) -> LiveEntry:
     """An entry suspended on its first step, with the journal its first commit left."""
-    instance = make_instance(instance_id, status=Status.RUNNING, input="[[%d], {}]" % steps)
+    instance = make_instance(instance_id, status=Status.RUNNING, input=f"[[{steps}], {{}}]")
     decision, run = replay_live(wf, instance, [], codec=Codec(), now=T0)
     assert run is not None
     commit = Commit(
