@@ -6,6 +6,7 @@ comparison is between Celery's own chain and celery_durable's workflow, nothing 
 
 from __future__ import annotations
 
+import json
 import os
 
 from celery import Celery
@@ -24,6 +25,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     result_expires=600,
 )
+# durable_* settings to measure a variant, e.g. BENCH_DURABLE='{"durable_eager_steps": 0}'
+# (the script and its worker both read it: see bench/README.md, "What each change bought").
+app.conf.update(json.loads(os.environ.get("BENCH_DURABLE") or "{}"))
 durable = Durable(app)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -191,8 +192,8 @@ class WorkflowHandle(Generic[R]):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = min(0.005, interval)
+        instance = self._instance()
         while True:
-            instance = self._instance()
             if instance.status is Status.COMPLETED:
                 if instance.output is None:
                     return None  # type: ignore[return-value]
@@ -212,8 +213,15 @@ class WorkflowHandle(Generic[R]):
                     f"after {timeout} s"
                 )
             wait = pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic()))
-            # Returns early on a store that hears of ended instances (PostgreSQL).
-            self._runtime.store.wait_ended(self.id, wait)
+            # Returns early on a store that hears of ended instances (PostgreSQL), and
+            # with the ending itself when the notification could carry it.
+            ending = self._runtime.store.wait_ended(self.id, wait)
+            if ending is not None and (ending.status.is_terminal or ending.status is Status.STUCK):
+                instance = replace(
+                    instance, status=ending.status, output=ending.output, failure=ending.failure
+                )
+            else:
+                instance = self._instance()
             pause = min(pause * 2, interval)
 
     def history(self) -> list[HistoryEvent]:

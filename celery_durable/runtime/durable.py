@@ -510,12 +510,15 @@ class Durable:
             return None
         return first_pass(self, instance)
 
-    def send_resume(self, instance_id: str, countdown: float | None = None) -> None:
+    def send_resume(
+        self, instance_id: str, countdown: float | None = None, producer: Any = None
+    ) -> None:
         """Publish a message that runs the instance's orchestrator on some worker.
 
         Its task id starts with the workflow id (``"<id>:resume:<random>"``), so the
         worker's log lines about it name the workflow; it carries the pass's time limits
-        (``durable_resume_time_limit``).
+        (``durable_resume_time_limit``). ``producer``: a kombu producer to publish
+        with (the tick passes one for its whole batch).
         """
         limit = self.settings.resume_time_limit
         options: dict[str, Any] = {
@@ -527,6 +530,8 @@ class Durable:
             options["queue"] = self.settings.queue
         if countdown:
             options["countdown"] = countdown
+        if producer is not None:
+            options["producer"] = producer  # the tick's, shared by its whole batch
         self._resume_task.apply_async((instance_id,), **options)
 
     def _register_tick_task(self) -> Any:

@@ -367,7 +367,11 @@ def _advance(
         # Children whose creation a crash may have cut off are created (idempotently).
         lost = [s for s in decision.awaited_children if s.workflow_id not in children]
         _publish(durable, instance, decision, wake, now, [*decision.children, *lost])
-        if decision.status.is_terminal:
+        if decision.status.is_terminal and any(
+            event.kind is Kind.CHILD for event in (*events, *new_events)
+        ):
+            # Only a run with CHILD events has children (of this run: a restart closed
+            # the earlier runs' ones); a lookup for none would cost a query per ending.
             close_children(durable, instance.id, decision.status.value)
         return
     raise StoreError(

@@ -150,8 +150,11 @@ def recover(durable: Durable, limit: int | None = None) -> int:
     while limit is None or sent < limit:
         batch = CLAIM_BATCH if limit is None else min(CLAIM_BATCH, limit - sent)
         claimed = durable.store.claim_due(now, lease_until, batch)
-        for instance_id in claimed:
-            durable.send_resume(instance_id)
+        if claimed:
+            # One producer (one broker connection and channel) for the whole batch.
+            with durable.app.producer_or_acquire() as producer:
+                for instance_id in claimed:
+                    durable.send_resume(instance_id, producer=producer)
         sent += len(claimed)
         if len(claimed) < batch:
             break

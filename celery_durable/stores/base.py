@@ -85,6 +85,21 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How an instance ended, as a store's notification told it (``Store.wait_ended``).
+
+    Attributes:
+        status: completed, failed, cancelled or stuck.
+        output: the encoded result of a completed instance.
+        failure: the error of any other.
+    """
+
+    status: Status
+    output: str | None = None
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
 class StepStart:
     """What :meth:`Store.start_step` found, and whether it marked the step started.
 
@@ -276,10 +291,14 @@ class Store(Protocol):
         parent (a parent's children)."""
         ...
 
-    def wait_ended(self, instance_id: str, timeout: float) -> None:
+    def wait_ended(self, instance_id: str, timeout: float) -> Ending | None:
         """Block up to ``timeout`` seconds, returning as soon as the store learns that the
-        instance may have ended (a store without notifications simply sleeps). The caller
-        looks at the instance again either way: this only shortens a poll's pause."""
+        instance ended (a store without notifications simply sleeps).
+
+        Returns:
+            How it ended, when the store's notification said so; ``None`` otherwise (no
+            news, or news too large to carry): the caller looks at the instance again.
+        """
         ...
 
     def close(self) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 
 from celery_durable import faults
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
-from celery_durable.stores.base import Commit, StepStart
-from celery_durable.stores.notify import CHANNEL, EndListener
+from celery_durable.stores.base import Commit, Ending, StepStart
+from celery_durable.stores.notify import CHANNEL, ENDING_INLINE, EndListener
 from celery_durable.stores.rows import (
     aware,
     check_restart,
@@ -53,11 +53,16 @@ _EVENTS_AT = len(_INSTANCE_COLUMNS.split(","))
 _PENDING = "('scheduled', 'started')"
 _UNFINISHED = "status NOT IN ('completed', 'failed', 'cancelled')"
 
+_INSTANCE_NULLS = ", ".join(["NULL"] * _EVENTS_AT)
+_EVENT_NULLS = ", ".join(f"NULL AS {c.strip()}" for c in _EVENT_COLUMNS.split(","))
+
+# The instance row once, then its events (never the instance's columns, its input
+# included, repeated on every event row): one statement, one snapshot. PostgreSQL types
+# each NULL column of the first branch from the second.
 _LOAD = (
-    f"SELECT {', '.join('i.' + c.strip() for c in _INSTANCE_COLUMNS.split(','))}, "
-    f"{', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))} "
-    "FROM durable_instances i LEFT JOIN durable_events e ON e.instance_id = i.id "
-    "WHERE i.id = %(id)s ORDER BY e.seq"
+    f"SELECT {_INSTANCE_COLUMNS}, {_EVENT_NULLS} FROM durable_instances WHERE id = %(id)s"
+    f" UNION ALL SELECT {_INSTANCE_NULLS}, {_EVENT_COLUMNS} FROM durable_events"
+    " WHERE instance_id = %(id)s ORDER BY seq NULLS FIRST"
 )
 
 
@@ -128,17 +133,19 @@ _START_STEP = (
     f" WHEN i.{ACTIVE} AND (i.wake_at IS NULL OR i.wake_at > %(wake_by)s)"
     " THEN %(wake_by)s ELSE i.wake_at END FROM inst"
     " WHERE i.id = inst.id AND EXISTS (SELECT 1 FROM mark) RETURNING i.version, i.wake_at)"
-    f" SELECT {', '.join('i.' + c.strip() for c in _INSTANCE_COLUMNS.split(','))}, "
-    f"{', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))}, "
-    "(SELECT attempts FROM mark), (SELECT version FROM bump), (SELECT wake_at FROM bump),"
+    f" SELECT {_INSTANCE_COLUMNS}, {_EVENT_NULLS},"
+    " (SELECT attempts FROM mark), (SELECT version FROM bump), (SELECT wake_at FROM bump),"
     " (SELECT version FROM inst),"
     # A lost start mark (a database crash) only delays recovery: no WAL flush wait.
     " set_config('synchronous_commit', 'off', true)"
-    " FROM durable_instances i LEFT JOIN durable_events e ON e.instance_id = i.id"
-    " WHERE i.id = %(id)s ORDER BY e.seq"
+    " FROM durable_instances WHERE id = %(id)s"
+    # The events after the instance row, which is not repeated on each of them.
+    f" UNION ALL SELECT {_INSTANCE_NULLS}, {_EVENT_COLUMNS}, NULL, NULL, NULL, NULL, NULL"
+    " FROM durable_events WHERE instance_id = %(id)s ORDER BY seq NULLS FIRST"
 )
 
 _GET_MANY = f"SELECT {_INSTANCE_COLUMNS} FROM durable_instances WHERE id = ANY(%(ids)s::text[])"
+_GET = f"SELECT {_INSTANCE_COLUMNS} FROM durable_instances WHERE id = %(id)s"
 
 _SIGNALS = (
     "SELECT id, name, payload, sent_at FROM durable_signals"
@@ -260,7 +267,14 @@ def _commit_sql(
         )
     if ends:
         # Wakes handle.result() waiters (stores/notify.py) when the transaction commits.
-        parts.append(f"ended AS (SELECT pg_notify('{CHANNEL}', id) FROM moved)")
+        # The ending itself rides along when it fits in a notification (8000 bytes).
+        parts.append(
+            f"ended AS (SELECT pg_notify('{CHANNEL}', CASE WHEN"
+            " coalesce(octet_length(%(output)s::text), 0)"
+            f" + coalesce(octet_length(%(failure)s::text), 0) < {ENDING_INLINE}"
+            " THEN json_build_array(id, %(status)s::text, %(output)s::text,"
+            " %(failure)s::text)::text ELSE json_build_array(id)::text END) FROM moved)"
+        )
         return (
             ", ".join(parts) + " SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM ended)"
         )
@@ -329,11 +343,9 @@ class PostgresStore(SQLAlchemyStore):
         """The instance and its events, by one statement (one snapshot, one round trip)."""
         with self._read() as conn:
             rows = conn.exec_driver_sql(_LOAD, {"id": instance_id}).all()
-        if not rows:
+        if not rows or rows[0][0] is None:
             return None
-        return _instance(rows[0]), [
-            _event(row[_EVENTS_AT:]) for row in rows if row[_EVENTS_AT] is not None
-        ]
+        return _instance(rows[0]), [_event(row[_EVENTS_AT:]) for row in rows[1:]]
 
     def commit(self, commit: Commit) -> bool:
         """Apply ``commit`` as one statement if the version still matches (a restart as
@@ -393,7 +405,7 @@ class PostgresStore(SQLAlchemyStore):
             faults.point(faults.MID_COMMIT)
         return moved is not None and moved[0] == 1
 
-    def wait_ended(self, instance_id: str, timeout: float) -> None:
+    def wait_ended(self, instance_id: str, timeout: float) -> Ending | None:
         """Block up to ``timeout`` seconds or until a commit ends the instance (PostgreSQL
         NOTIFY, heard by one listening connection per process: ``stores/notify.py``)."""
         listener = self._listener
@@ -402,7 +414,7 @@ class PostgresStore(SQLAlchemyStore):
                 listener = self._listener
                 if listener is None:
                     listener = self._listener = EndListener(self._listen_connection)
-        listener.wait(instance_id, timeout)
+        return listener.wait(instance_id, timeout)
 
     def _listen_connection(self) -> Any:
         import psycopg
@@ -437,9 +449,11 @@ class PostgresStore(SQLAlchemyStore):
         if not rows:
             return StepStart(None, False)
         tail = len(_EVENT_COLUMNS.split(","))
+        if rows[0][0] is None:
+            return StepStart(None, False)
         attempts, version, wake_at, locked = rows[0][_EVENTS_AT + tail : _EVENTS_AT + tail + 4]
         instance = _instance(rows[0])
-        found = [_event(row[_EVENTS_AT:]) for row in rows if row[_EVENTS_AT] is not None]
+        found = [_event(row[_EVENTS_AT:]) for row in rows[1:]]
         if attempts is None:
             if locked != instance.version and (
                 locked is not None or (instance.run == run and not instance.status.is_terminal)
@@ -503,6 +517,12 @@ class PostgresStore(SQLAlchemyStore):
         params = {"id": instance_id, "wake_by": aware(wake_by, "wake_by")}
         with self._read() as conn:
             row = conn.exec_driver_sql(_REQUEST_CANCEL, params).one_or_none()
+        return None if row is None else _instance(row)
+
+    def get(self, instance_id: str) -> Instance | None:
+        """The instance row alone, by one prepared statement (``handle.result()`` polls it)."""
+        with self._read() as conn:
+            row = conn.exec_driver_sql(_GET, {"id": instance_id}).first()
         return None if row is None else _instance(row)
 
     def get_many(self, instance_ids: Sequence[str]) -> list[Instance]:

@@ -38,13 +38,16 @@ from sqlalchemy import (
     Executable,
     bindparam,
     case,
+    cast,
     delete,
     func,
     insert,
     literal,
+    null,
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -52,7 +55,7 @@ from sqlalchemy import exc as sa_exc
 from celery_durable import faults
 from celery_durable.engine.journal import Event, Instance, Kind, Signal, State, Status
 from celery_durable.errors import StoreError
-from celery_durable.stores.base import Commit, StepStart
+from celery_durable.stores.base import Commit, Ending, StepStart
 from celery_durable.stores.rows import (
     aware,
     check_restart,
@@ -122,9 +125,10 @@ class SQLAlchemyStore(WorkerRegistry):
             return existing, False
         return instance, True
 
-    def wait_ended(self, instance_id: str, timeout: float) -> None:
+    def wait_ended(self, instance_id: str, timeout: float) -> Ending | None:
         """Sleep ``timeout`` seconds (no notifications here; see ``Store.wait_ended``)."""
         time.sleep(max(timeout, 0.0))
+        return None
 
     def get(self, instance_id: str) -> Instance | None:
         """The instance row alone, or ``None``."""
@@ -144,17 +148,23 @@ class SQLAlchemyStore(WorkerRegistry):
 
     @staticmethod
     def _load(conn: Connection, instance_id: str) -> tuple[Instance, list[Event]] | None:
-        query = (
-            select(instances, *(c.label(f"e_{c.name}") for c in events.c))
-            .select_from(instances.outerjoin(events, events.c.instance_id == instances.c.id))
-            .where(instances.c.id == instance_id)
-            .order_by(events.c.seq)
-        )
+        # The instance row once, then its events (a join would repeat the instance's
+        # columns, its input included, on every event row): one statement, one snapshot.
+        head = select(
+            literal(0).label("part"),
+            *instances.c,
+            *(cast(null(), c.type).label(f"e_{c.name}") for c in events.c),
+        ).where(instances.c.id == instance_id)
+        tail = select(
+            literal(1).label("part"),
+            *(cast(null(), c.type).label(c.name) for c in instances.c),
+            *(c.label(f"e_{c.name}") for c in events.c),
+        ).where(events.c.instance_id == instance_id)
+        query = union_all(head, tail).order_by(text("part"), text("e_seq"))
         rows = conn.execute(query).mappings().all()
-        if not rows:
+        if not rows or rows[0]["part"] != 0:
             return None
-        found = [event_from_row(row) for row in rows if row["e_seq"] is not None]
-        return instance_from_row(rows[0]), found
+        return instance_from_row(rows[0]), [event_from_row(row) for row in rows[1:]]
 
     def commit(self, commit: Commit) -> bool:
         """Apply ``commit`` in one transaction if the version still matches.

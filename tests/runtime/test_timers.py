@@ -185,7 +185,7 @@ def test_two_ticks_at_once_claim_each_instance_once(durable: Durable) -> None:
     sent: list[str] = []
     lock = threading.Lock()
 
-    def send_resume(instance_id: str, countdown: float | None = None) -> None:
+    def send_resume(instance_id: str, countdown: float | None = None, producer: Any = None) -> None:
         with lock:
             sent.append(instance_id)
 
