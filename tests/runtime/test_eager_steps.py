@@ -17,6 +17,7 @@ from celery.signals import before_task_publish
 
 from celery_durable import Durable, WorkflowContext, WorkflowFailed, current_step
 from celery_durable.runtime.ids import parse_step_task_id
+from runtime.waiting import wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -238,3 +239,80 @@ def test_signals_racing_with_the_chain_are_all_taken(durable: Durable, worker: A
             handle.signal("s", i)  # each bumps the version under the running chain
         assert handle.result(timeout=60) == [200, list(range(10))]
     assert [event.attempts for event in handle.history() if event.kind.value == "step"] == [1] * 200
+
+
+def test_the_first_pass_runs_in_the_caller(
+    app: Celery, durable: Durable, published: list[str]
+) -> None:
+    @durable.step
+    def add(x: int) -> int:
+        return x + 1
+
+    @durable.workflow
+    async def wf(ctx: WorkflowContext) -> int:
+        token = await ctx.run(lambda: 41)  # local: journaled by the first pass
+        return int(await ctx.step(add, token))
+
+    handle = wf.delay()  # no worker: only the caller's pass happened
+    history = handle.history()
+    assert handle.status() == "running"
+    assert [(e.kind.value, e.state.value) for e in history] == [
+        ("run", "completed"),
+        ("step", "scheduled"),
+    ]
+    assert published == [f"{handle.id}:1"]  # the step, from here; no resume message
+
+
+def test_turned_off_the_first_pass_is_a_workers(
+    app: Celery, durable: Durable, worker: Any, published: list[str]
+) -> None:
+    app.conf.durable_start_in_caller = False
+
+    @durable.step
+    def add(x: int) -> int:
+        return x + 1
+
+    @durable.workflow
+    async def wf(ctx: WorkflowContext) -> int:
+        return int(await ctx.step(add, 1))
+
+    handle = wf.delay()
+    assert handle.status() == "pending"
+    assert handle.history() == []
+    with worker():
+        assert handle.result(timeout=30) == 2
+
+
+def test_a_cancel_during_a_chain_stops_it_and_compensates(durable: Durable, worker: Any) -> None:
+    undone: list[int] = []
+    gate = threading.Event()
+
+    @durable.step
+    def book(i: int) -> int:
+        if i == 20:
+            gate.wait(10)  # the cancel lands while the chain runs
+        return i
+
+    @durable.step
+    def unbook(i: int) -> None:
+        undone.append(i)
+
+    @durable.workflow
+    async def trip(ctx: WorkflowContext) -> str:
+        async with ctx.saga() as saga:
+            for i in range(100):
+                await ctx.step(book, i)
+                saga.compensate(unbook, i)
+        return "booked"
+
+    with worker():
+        handle = trip.delay()
+        wait_for(lambda: len(handle.history()) > 20)
+        handle.cancel()
+        gate.set()
+        with pytest.raises(WorkflowFailed) as failed:
+            handle.result(timeout=30)
+    assert failed.value.type == "WorkflowCancelled"
+    booked = [e for e in handle.history() if e.name.endswith(".book")]
+    assert 20 < len(booked) < 100
+    assert undone == list(range(len(booked) - 1, -1, -1))
