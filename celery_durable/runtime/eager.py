@@ -82,11 +82,14 @@ def _queue_of(app: Any, task: Task, args: Any, kwargs: Any) -> str | None:
 class EagerChain:
     """The steps one step task runs in a row after its own (see the module docstring)."""
 
-    def __init__(self, durable: Durable, task: Task, queue: str | None) -> None:
+    def __init__(self, durable: Durable, task: Task) -> None:
         settings = durable.settings
         self.durable = durable
+        self.task = task
         self.request = task.request
-        self.queue = queue
+        self._queue: str | bool | None = False
+        """The queue this task's message came through, once asked (``False``: not yet;
+        ``None``: unusual route, nothing runs in a row)."""
         self.left = settings.eager_steps
         self.deadline = time.monotonic() + settings.eager_seconds
         self.next: Handoff | None = None
@@ -106,11 +109,20 @@ class EagerChain:
             return None
         if _has_time_limit(durable.app, task) or any(request.timelimit or ()):
             return None
-        queue = _queue_of(durable.app, task, request.args, request.kwargs)
-        routed = (request.delivery_info or {}).get("routing_key")
-        if routed and routed != queue:
-            return None  # sent elsewhere than its route: do not guess where steps belong
-        return cls(durable, task, queue)
+        return cls(durable, task)
+
+    @property
+    def queue(self) -> str | None:
+        """The queue of this task's message (routed as Celery routes it), or ``None`` if it
+        came another way: then no step runs in a row. Worked out on first use, after the
+        task's own step ran (a workflow that ends there never pays for it)."""
+        if self._queue is False:
+            request = self.request
+            queue = _queue_of(self.durable.app, self.task, request.args, request.kwargs)
+            routed = (request.delivery_info or {}).get("routing_key")
+            # Sent elsewhere than its route: do not guess where its steps belong.
+            self._queue = None if routed and routed != queue else queue
+        return self._queue if isinstance(self._queue, str) else None
 
     def accepts(self, step: ScheduleStep) -> ScheduleStep | None:
         """``step`` if this task may run it next, else ``None`` (it is published)."""
@@ -124,7 +136,8 @@ class EagerChain:
             return None
         if task.rate_limit or _has_time_limit(app, task):
             return None
-        if _queue_of(app, task, step.args, step.kwargs) != self.queue:
+        queue = self.queue
+        if queue is None or _queue_of(app, task, step.args, step.kwargs) != queue:
             return None
         return step
 

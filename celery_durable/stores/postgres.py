@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -146,6 +147,15 @@ _START_STEP = (
 
 _GET_MANY = f"SELECT {_INSTANCE_COLUMNS} FROM durable_instances WHERE id = ANY(%(ids)s::text[])"
 _GET = f"SELECT {_INSTANCE_COLUMNS} FROM durable_instances WHERE id = %(id)s"
+
+# One statement; a beat lost in a database crash is harmless (the next one comes within a
+# heartbeat interval): no WAL flush wait, as for a step's heartbeat.
+_BEAT_WORKER = (
+    "WITH beat AS (INSERT INTO durable_workers (worker_id, beat_at, reserved)"
+    " VALUES (%(id)s, %(at)s, %(reserved)s) ON CONFLICT (worker_id) DO UPDATE"
+    " SET beat_at = EXCLUDED.beat_at, reserved = EXCLUDED.reserved RETURNING 1)"
+    " SELECT (SELECT count(*) FROM beat), set_config('synchronous_commit', 'off', true)"
+)
 
 _SIGNALS = (
     "SELECT id, name, payload, sent_at FROM durable_signals"
@@ -525,6 +535,19 @@ class PostgresStore(SQLAlchemyStore):
             row = conn.exec_driver_sql(_GET, {"id": instance_id}).first()
         return None if row is None else _instance(row)
 
+    def beat_worker(
+        self, worker_id: str, at: datetime, held: Sequence[tuple[str, int, int]]
+    ) -> None:
+        """Record a worker main process's beat as one statement (see
+        ``Store.beat_worker``), without waiting for the WAL flush."""
+        params = {
+            "id": worker_id,
+            "at": aware(at, "at"),
+            "reserved": json.dumps([list(step) for step in held]),
+        }
+        with self._read() as conn:
+            conn.exec_driver_sql(_BEAT_WORKER, params).first()
+
     def get_many(self, instance_ids: Sequence[str]) -> list[Instance]:
         """The instances of these ids that exist, by one statement (none for no ids)."""
         ids = list(dict.fromkeys(instance_ids))
@@ -561,8 +584,6 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _failure(value: str | None) -> Failure | None:
-    import json
-
     return None if value is None else Failure.from_dict(json.loads(value))
 
 
