@@ -216,9 +216,17 @@ class WorkflowHandle(Generic[R]):
             # Returns early on a store that hears of ended instances (PostgreSQL), and
             # with the ending itself when the notification could carry it.
             ending = self._runtime.store.wait_ended(self.id, wait)
-            if ending is not None and (ending.status.is_terminal or ending.status is Status.STUCK):
+            if (
+                ending is not None
+                and ending.version > instance.version  # news, not an ending retried since
+                and (ending.status.is_terminal or ending.status is Status.STUCK)
+            ):
                 instance = replace(
-                    instance, status=ending.status, output=ending.output, failure=ending.failure
+                    instance,
+                    version=ending.version,
+                    status=ending.status,
+                    output=ending.output,
+                    failure=ending.failure,
                 )
             else:
                 instance = self._instance()

@@ -89,11 +89,15 @@ class Ending:
     """How an instance ended, as a store's notification told it (``Store.wait_ended``).
 
     Attributes:
+        version: the instance's version after the commit that ended it: an ending is news
+            to a reader only if it is newer than the version that reader saw (a retry may
+            have revived the instance since an old ending).
         status: completed, failed, cancelled or stuck.
         output: the encoded result of a completed instance.
         failure: the error of any other.
     """
 
+    version: int
     status: Status
     output: str | None = None
     failure: Failure | None = None

@@ -2,8 +2,8 @@
 
 A PostgreSQL commit that ends an instance (completed, failed, cancelled or stuck) also
 sends a notification on the channel ``celery_durable_ended`` (delivered when it
-commits): the JSON array ``[id, status, output, failure]``, or ``[id]`` alone when the
-output or error would not fit in a notification. A process that waits for results keeps
+commits): the JSON array ``[id, version, status, output, failure]``, or ``[id]`` alone
+when the output or error would not fit in a notification. A process that waits for results keeps
 one listening connection, opened on first use by a daemon thread, which wakes the
 waiters of that id and hands them the ending, so they need not read it back. A waiter
 still looks at the store after every ``timeout``: a notification lost with a connection
@@ -128,18 +128,21 @@ class _Waiter(threading.Event):
 
 
 def _parse(payload: str) -> tuple[str, Ending | None]:
-    """``[id, status, output, failure]`` (or ``[id]``) as the id and the ending."""
+    """``[id, version, status, output, failure]`` (or ``[id]``) as the id and the ending."""
     try:
         values = json.loads(payload)
         instance_id = str(values[0])
     except (ValueError, TypeError, IndexError, KeyError):
         return payload, None  # not ours to read: wake whoever waits on that text
-    if len(values) != 4:
+    if len(values) != 5:
         return instance_id, None
     try:
-        _, status, output, failure = values
+        _, version, status, output, failure = values
         return instance_id, Ending(
-            Status(status), output, Failure.from_dict(json.loads(failure)) if failure else None
+            int(version),
+            Status(status),
+            output,
+            Failure.from_dict(json.loads(failure)) if failure else None,
         )
     except (ValueError, TypeError, KeyError):
         return instance_id, None

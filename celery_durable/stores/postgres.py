@@ -219,7 +219,7 @@ def _commit_sql(
         " status = %(status)s, output = %(output)s, failure = %(failure)s,"
         " updated_at = %(updated_at)s, wake_at = %(wake_at)s, note = %(note)s,"
         f" custom_status = %(custom_status)s{inbox}"
-        f" WHERE id = %(id)s AND version = %(expected)s{check} RETURNING id)"
+        f" WHERE id = %(id)s AND version = %(expected)s{check} RETURNING id, version)"
     ]
     if restart:
         # The old run's journal and the signals it consumed go (those this commit consumes
@@ -282,7 +282,7 @@ def _commit_sql(
             f"ended AS (SELECT pg_notify('{CHANNEL}', CASE WHEN"
             " coalesce(octet_length(%(output)s::text), 0)"
             f" + coalesce(octet_length(%(failure)s::text), 0) < {ENDING_INLINE}"
-            " THEN json_build_array(id, %(status)s::text, %(output)s::text,"
+            " THEN json_build_array(id, version, %(status)s::text, %(output)s::text,"
             " %(failure)s::text)::text ELSE json_build_array(id)::text END) FROM moved)"
         )
         return (

@@ -63,7 +63,7 @@ def test_postgres_wakes_the_waiter_when_the_instance_ends(
     started = time.monotonic()
     ending = fast.wait_ended("wf-wait", 10.0)
     assert 0.25 < time.monotonic() - started < 3.0
-    assert ending == Ending(status, output, failure)  # carried: no need to read it back
+    assert ending == Ending(1, status, output, failure)  # carried: no need to read it back
     stored = fast.get("wf-wait")
     assert stored is not None
     assert (stored.status, stored.output, stored.failure) == (status, output, failure)
@@ -88,7 +88,7 @@ def test_an_ending_just_before_the_wait_is_remembered(fast: PostgresStore) -> No
     _end_later(fast, "wf-early", Status.COMPLETED, 0.0)
     time.sleep(0.3)  # ended (and notified) while nobody waited
     started = time.monotonic()
-    assert fast.wait_ended("wf-early", 5.0) == Ending(Status.COMPLETED, '"ok"')
+    assert fast.wait_ended("wf-early", 5.0) == Ending(1, Status.COMPLETED, '"ok"')
     assert time.monotonic() - started < 0.5
     started = time.monotonic()
     assert fast.wait_ended("wf-early", 0.3) is None  # remembered once only
