@@ -48,6 +48,8 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
             app.conf[f"durable_{setting}"] = float(env[f"TRUST_{setting.upper()}"])
     if "TRUST_MAX_RESENDS" in env:
         app.conf.durable_max_resends = int(env["TRUST_MAX_RESENDS"])
+    if "TRUST_START_IN_CALLER" in env:
+        app.conf.durable_start_in_caller = env["TRUST_START_IN_CALLER"] == "1"
     durable = Durable(app)
     record = Path(env["TRUST_RECORD"])
     trust_workflows.register(durable, record, Path(env.get("TRUST_DIR") or record.parent))

@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 from celery.signals import before_task_publish
 
-from celery_durable import Durable, WorkflowContext, WorkflowFailed, current_step
+from celery_durable import Durable, WorkflowContext, WorkflowFailed, WorkflowStuck, current_step
 from celery_durable.runtime.ids import parse_step_task_id
 from runtime.waiting import wait_for
 
@@ -323,3 +323,16 @@ def test_a_cancel_during_a_chain_stops_it_and_compensates(durable: Durable, work
         list(range(len(booked) - 1, -1, -1)),
         list(range(len(booked) - 2, -1, -1)),
     )
+
+
+def test_a_bug_before_the_first_wait_parks_the_instance_not_the_caller(
+    durable: Durable, worker: Any
+) -> None:
+    @durable.workflow
+    async def broken(ctx: WorkflowContext) -> None:
+        raise KeyError("bug")  # in the first pass, which runs in the caller
+
+    handle = broken.delay()  # returns: the caller's pass is not committed, a worker's is
+    with worker(), pytest.raises(WorkflowStuck) as stuck:
+        handle.result(timeout=30)
+    assert stuck.value.type == "KeyError"
