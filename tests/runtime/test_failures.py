@@ -61,8 +61,13 @@ def test_a_bug_parks_the_instance_and_retry_resumes_it_with_fixed_code(
             handle.result(timeout=30)
         assert (stuck.value.type, stuck.value.message) == ("ValueError", "bad receipt for tx-alice")
         assert "Traceback" in (stuck.value.details or "")
-        logged = [r.getMessage() for r in caplog.records if handle.id in r.getMessage()]
-        assert any("is stuck" in line and "ValueError" in line for line in logged)
+
+        def stuck_logged() -> bool:
+            logged = [r.getMessage() for r in caplog.records if handle.id in r.getMessage()]
+            return any("is stuck" in line and "ValueError" in line for line in logged)
+
+        # Logged by the worker right after its commit, which result() may hear of first.
+        wait_for(stuck_logged, timeout=5)
 
         fixed = True  # a fix is deployed
         durable.retry(handle.id)
