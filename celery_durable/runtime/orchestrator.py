@@ -294,21 +294,27 @@ def _advance(
         handed: ScheduleStep | None = None
         if decision.status is Status.RUNNING and decision.restart_input is None:
             pending = [e for e in events[start:] if e.kind is Kind.STEP and not e.state.is_final]
-            if eager is not None and len(decision.steps) == 1 and not decision.children:
+            children_wait = bool(waiting or decision.children)
+            wake = plan(durable, now, pending, new_events, decision.wake_at, children=children_wait)
+            if (
+                eager is not None
+                and len(decision.steps) == 1
+                and not decision.children
+                and not wake.resend  # (a pass that sends steps again publishes its own)
+            ):
                 handed = eager.accepts(decision.steps[0])
             if handed is not None:
                 # Run here next: journaled as started by this commit (recovery then
                 # counts its silence from now, as for a step whose worker marked it).
                 new_events, started = _started(new_events, handed.seq, now)
-                pending.append(started)
-            wake = plan(
-                durable,
-                now,
-                pending,
-                [e for e in new_events if e.seq != (handed.seq if handed else -1)],
-                decision.wake_at,
-                children=bool(waiting or decision.children),
-            )
+                wake = plan(
+                    durable,
+                    now,
+                    [*pending, started],
+                    [e for e in new_events if e.seq != handed.seq],
+                    decision.wake_at,
+                    children=children_wait,
+                )
         if decision.restart_input is not None:
             outcomes = []  # a new run: the old journal goes
             wake = Wake(at=durable.redrive_at())  # its first pass, if the message is lost

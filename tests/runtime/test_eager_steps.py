@@ -8,6 +8,7 @@ retries come out as they do without it.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -336,3 +337,41 @@ def test_a_bug_before_the_first_wait_parks_the_instance_not_the_caller(
     with worker(), pytest.raises(WorkflowStuck) as stuck:
         handle.result(timeout=30)
     assert stuck.value.type == "KeyError"
+
+
+def test_a_pass_that_sends_a_lost_step_again_publishes_the_next_one(
+    app: Celery, durable: Durable, worker: Any, published: list[str]
+) -> None:
+    app.conf.durable_step_timeout = 1  # the step no worker takes is soon overdue
+    app.conf.durable_eager_seconds = 10  # (so that slowish's task would hand on)
+    nowhere = f"{app.conf.task_default_queue}-nowhere"
+    app.conf.task_routes = {"eager.unserved": {"queue": nowhere}}
+
+    @durable.step(name="eager.unserved")
+    def unserved() -> str:
+        return "never"
+
+    @durable.step
+    def quick(x: int) -> int:
+        return x + 1
+
+    @durable.step
+    def slowish(x: int) -> int:
+        time.sleep(1.3)  # longer than the step timeout: unserved is overdue again
+        return x + 1
+
+    @durable.workflow
+    async def wf(ctx: WorkflowContext) -> int:
+        index, _ = await ctx.first(ctx.step(unserved), ctx.step(quick, 0))  # seq 0, 1
+        assert index == 1
+        await ctx.sleep(1.5)  # seq 3 (the race record is seq 2): its pass resends seq 0
+        x = await ctx.step(slowish, 1)  # seq 4: published by the timer's pass
+        return int(await ctx.step(quick, x))  # seq 5: its pass also resends seq 0
+
+    with worker():
+        handle = wf.delay()
+        assert handle.result(timeout=30) == 3
+    sent = [parse_step_task_id(task_id)[2] for task_id in published]  # type: ignore[index]
+    assert sent.count(0) >= 3  # unserved, sent again by the timer's pass and seq 4's
+    assert 5 in sent  # published, not handed: that commit also re-sent a step
+    assert handle.history()[5].attempts == 1  # run once, not marked then found silent
