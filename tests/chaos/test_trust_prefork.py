@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -353,11 +354,23 @@ def test_retry_rewinds_a_failed_instance_and_refuses_one_that_compensated(
 
 
 @pytest.mark.timeout(60)
+def _deploy(trust: Trust) -> None:
+    """What a deploy does to running workers: a warm restart (the workflows a worker kept
+    suspended in memory go with it; the new code replays each journal)."""
+    for proc in trust.cluster.procs:
+        if proc.name.startswith("worker") and proc.popen.poll() is None:
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+            proc.popen.wait(30)
+    worker = trust.cluster.worker(f"worker-{token()}", concurrency=4)
+    trust.cluster.wait_ready(worker)
+
+
 def test_changed_step_arguments_park_the_instance_naming_both(shipped: Trust) -> None:
     tok = token()
     handle = shipped.start(PAY_VERSIONED, tok)
     wait_for(lambda: len(handle.history()) == 2, 30, "v1 waits for its signal")
     shipped.flag(tok, "v2")  # a deploy that changed the arguments
+    _deploy(shipped)
     handle.signal("go")
     with pytest.raises(WorkflowStuck) as stuck:
         shipped.result(handle)
