@@ -181,6 +181,7 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
     # 4. At least once; exactly once in effect.
     effects: dict[str, Counter[str]] = defaultdict(Counter)
     ran: dict[str, set[str]] = defaultdict(set)
+    killed: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in runs:
         root = root_of(r.idem, roots)
         if root is None:
@@ -188,6 +189,15 @@ def judge(run: SoakRun, durable: Durable) -> Verdict:
         ran[root].add(r.label)
         if r.effect:
             effects[root][r.label] += 1
+        elif r.end is None:
+            killed[(root, r.label)].add(r.idem)
+    # A run killed between applying its effect (the O_EXCL marker) and logging it took
+    # effect all the same: the marker on disk says so, and the next run logged "dedup".
+    for (root, label), idems in killed.items():
+        if effects[root][label] == 0 and any(
+            (run.config.effects / idem.replace("/", "_")).exists() for idem in idems
+        ):
+            effects[root][label] = 1
     effect_keys = 0
     for p in planned.values():
         if p.id in v.lost:
