@@ -241,6 +241,22 @@ class WorkflowHandle(Generic[R]):
         codec = self._runtime.codec(instance.serializer)
         return [describe_event(event, codec) for event in events]
 
+    def steps(self) -> list[str]:
+        """The steps the current run has journaled, in order, by their short name.
+
+        A step's short name is its task name's last part (``"myapp.bank.debit"`` ->
+        ``"debit"``: the function's name), one entry per journaled step whatever its
+        state, so a test can say ``assert handle.steps() == ["debit", "credit"]``. Use
+        :meth:`history` for arguments, outcomes and the other kinds of commands.
+
+        Raises:
+            WorkflowNotFound: no such instance.
+        """
+        loaded = self._runtime.store.load(self.id)
+        if loaded is None:
+            raise WorkflowNotFound(f"no workflow instance with id {self.id!r} in the store")
+        return [e.name.rsplit(".", 1)[-1] for e in loaded[1] if e.kind is Kind.STEP]
+
 
 def encode_input(codec: Codec, workflow: str, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
     """Encode a workflow's arguments, naming the one that cannot be encoded.
