@@ -80,8 +80,27 @@ class NonDeterminismError(DurableError):
 
     The workflow's code changed in a way that does not match its journal. The instance is
     parked as ``stuck`` with this error kept; deploy code that replays the journal (or
-    restore the old code) and retry the instance.
+    restore the old code, or branch with ``ctx.patched``) and retry the instance.
+
+    Attributes:
+        seq: the journal position of the first mismatch (``None`` if not about one seq).
+        journaled: what the journal holds there, e.g. ``"step 'bank.debit'"`` (``None``
+            past the journal's end).
+        asked: what the code asked for there (``None`` when the code ended instead).
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        seq: int | None = None,
+        journaled: str | None = None,
+        asked: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.journaled = journaled
+        self.asked = asked
 
 
 class WorkflowNotFound(DurableError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,6 +37,15 @@ class _Cursor:
     """The driver is closing the suspended coroutine; its ``finally`` blocks now run."""
     custom_status: str | None = None
     """The encoded value of the last ``ctx.set_status()`` call reached in the pass, if any."""
+    new_events: list[Event] = field(default_factory=list)
+    """The pass's new events (the driver's list): where ``ctx.patched`` journals markers."""
+    patches: dict[str, bool] = field(default_factory=dict)
+    """What each ``ctx.patched(id)`` answered in the pass (a run answers once per id)."""
+    patch_log: list[tuple[str, str]] = field(default_factory=list)
+    """``(patch id, "old" | "marker" | "new")`` per first call in the pass: the old
+    branch replayed, a journaled marker replayed, or new ground (the new branch)."""
+    checking: bool = False
+    """A replay check: stop at the first command the journal does not hold yet."""
 
     @property
     def in_journal(self) -> bool:

@@ -76,6 +76,9 @@ class Decision:
     """Signals this pass consumed: ``(signal id, seq of the wait that took it)``; the
     commit marks them consumed (exactly once) with the wait's outcome."""
     custom_status: str | None = None
+    waiting_at: str | None = None
+    """Where the workflow's code is suspended (``"file:line in function"``) when it is
+    left waiting; ``None`` otherwise."""
 
     @property
     def sets_custom_status(self) -> bool:

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
+from celery_durable.engine import patches
 from celery_durable.engine.awaitables import (
     PARENT_CLOSE_POLICIES,
     _ChildCommand,
@@ -624,3 +625,37 @@ class WorkflowContext:
                 f"{self._codec.name!r} serializer cannot encode: {exc}"
             ) from exc
         self._cursor.custom_status = encoded
+
+    def patched(self, patch_id: str, /) -> bool:
+        """Branch between old and new code while instances of the old are in flight.
+
+        ``True`` for a run that reaches this call on code that has the patch (a marker
+        is journaled the first time, and replays find it), ``False`` when replaying a
+        journal written before the patch existed, so old and new instances both run on
+        the new code::
+
+            if ctx.patched("fraud-check"):
+                await ctx.step(check_fraud, order_id)
+            await ctx.step(charge, order_id)
+
+        A run answers once per id (later calls give the same answer).
+        ``celery -A app durable patches`` tells when no open instance replays the old
+        branch any more; then see :meth:`deprecate_patch`.
+
+        Raises:
+            TypeError, ValueError: ``patch_id`` is not a string of 1 to 255 characters.
+        """
+        return patches.patched(self._cursor, patch_id)
+
+    def deprecate_patch(self, patch_id: str, /) -> None:
+        """The step after ``ctx.patched(patch_id)`` once no open instance replays its
+        old branch: keep only the new code, preceded by this call.
+
+        It consumes the marker that runs which took the new branch journaled, and
+        journals nothing. Remove it once ``celery -A app durable patches`` shows no open
+        instance holding the marker.
+
+        Raises:
+            TypeError, ValueError: ``patch_id`` is not a string of 1 to 255 characters.
+        """
+        patches.deprecate_patch(self._cursor, patch_id)

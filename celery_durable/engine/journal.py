@@ -51,6 +51,9 @@ class Kind(str, Enum):
     SIGNAL = "signal"
     """A wait for an external signal (``ctx.wait_signal``); named after the signal, its
     input holds the deadline (or None) and its output the payload received."""
+    PATCH = "patch"
+    """A marker that the code which wrote this journal had the patch ``name``
+    (``ctx.patched(name)`` reached on new ground); no input, completed when journaled."""
 
 
 class State(str, Enum):
@@ -162,6 +165,13 @@ class Instance:
         parent_close: what happens to this child when its parent ends
             (``"terminate"``, ``"cancel"`` or ``"abandon"``); ``None`` for a top-level
             instance.
+        code_version: the version of the code its current run started on
+            (``durable_code_version``, or a hash of the workflow function's source).
+        patches: the patch ids whose markers its journal holds (``ctx.patched`` reached
+            on new ground), in the order they were first journaled.
+        waiting_at: where the workflow's code is suspended, as ``"file:line in
+            function"`` of the innermost ``await`` of workflow code, captured by the
+            last pass that left it waiting; ``None`` once it ended.
     """
 
     id: str
@@ -182,6 +192,9 @@ class Instance:
     run: int = 1
     note: str | None = None
     parent_close: str | None = None
+    code_version: str | None = None
+    patches: tuple[str, ...] = ()
+    waiting_at: str | None = None
 
 
 @dataclass(frozen=True)

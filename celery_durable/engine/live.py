@@ -89,6 +89,7 @@ class LiveRun:
         driver.now = driver.cursor.now = now
         driver.awaited_children = []
         driver.new_events = []
+        driver.cursor.new_events = driver.new_events
         driver.steps = []
         driver.started = []
         driver.timers = []
@@ -117,6 +118,7 @@ class LiveRun:
                 driver.coro, kept = coro, None
             return decision
         except NonDeterminismError as exc:
+            driver.mismatch = exc
             return Decision(Status.STUCK, failure=Failure("NonDeterminismError", str(exc)))
         except Stuck as stuck:
             return Decision(Status.STUCK, failure=stuck.failure)

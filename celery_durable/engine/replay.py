@@ -58,13 +58,28 @@ from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
 from celery_durable.engine.serialization import Codec
 from celery_durable.engine.settling import Outcome, Part, Settlement, Stuck
+from celery_durable.engine.suspension import suspended_at
 from celery_durable.errors import NonDeterminismError, StepFailed, WorkflowCancelled
 
 _NO_CHILDREN: Mapping[str, Instance] = MappingProxyType({})
 
 _FIX = (
-    "Deploy code that replays this journal (or restore the previous code), then retry the instance."
+    "Deploy code that replays this journal (or restore the previous code, or branch with "
+    "ctx.patched()), then retry the instance."
 )
+_PATCH_HINT = (
+    "A patch marker must meet ctx.patched() or ctx.deprecate_patch() with its id at the "
+    "same place: keep ctx.deprecate_patch(id) until `celery -A app durable patches` shows "
+    "no open instance holding the marker, then retry the instance."
+)
+
+
+class Frontier(Exception):
+    """A replay check reached the first command its journal does not hold (``seq``)."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(seq)
+        self.seq = seq
 
 
 def task_name(task: Any) -> str:
@@ -206,6 +221,7 @@ class _Pass:
         self.awaited_children: list[StartChild] = []
         """StartChild of every journaled, pending child the workflow awaits in this pass."""
         self.new_events: list[Event] = []
+        self.cursor.new_events = self.new_events
         self.steps: list[ScheduleStep] = []
         self.started: list[StartChild] = []
         self.cancel_pending = cancel_requested and not any(
@@ -223,6 +239,10 @@ class _Pass:
         """What the workflow awaits when the pass leaves it waiting."""
         self.coro: Coroutine[Any, Any, Any] | None = None
         """The suspended coroutine, kept by ``run(keep=True)`` for ``engine.live.LiveRun``."""
+        self.waiting_at: str | None = None
+        """Where the workflow's code is suspended (:func:`suspended_at`), once it waits."""
+        self.mismatch: NonDeterminismError | None = None
+        """The journal mismatch that parked the pass, if one did."""
 
     def run(self, keep: bool = False) -> Decision:
         """The pass over the whole journal. With ``keep``, a workflow left waiting stays
@@ -249,9 +269,12 @@ class _Pass:
                 self.coro, coro = coro, None
             return decision
         except NonDeterminismError as exc:
+            self.mismatch = exc
             return Decision(Status.STUCK, failure=Failure("NonDeterminismError", str(exc)))
         except Stuck as stuck:
             return Decision(Status.STUCK, failure=stuck.failure)
+        except Frontier:
+            return Decision(Status.RUNNING)  # a replay check reached new ground
         finally:
             if coro is not None:
                 self._discard(coro)
@@ -275,6 +298,7 @@ class _Pass:
             resumed = self._resolve(awaited)
             if resumed is None:
                 self.waiting_on = awaited
+                self.waiting_at = suspended_at(coro)
                 return self._decision(Status.RUNNING)
             outcome = resumed
 
@@ -411,7 +435,10 @@ class _Pass:
         raise NonDeterminismError(
             f"{self.label} does not replay its journal: the ctx.first() race record at seq "
             f"{record.seq} names the winner {winner!r} but the code races {len(seqs)} "
-            f"command(s) (seq {seqs[0]} to {seqs[-1]}). {_FIX}"
+            f"command(s) (seq {seqs[0]} to {seqs[-1]}). {_FIX}",
+            seq=record.seq,
+            journaled=f"a ctx.first() race won by part {winner!r}",
+            asked=f"a ctx.first() race of {len(seqs)} command(s)",
         )
 
     def _issue(self, command: _Command) -> Event:
@@ -420,10 +447,14 @@ class _Pass:
         if self.cursor.in_journal:
             event = self.journal[seq]
             if event.kind != command.kind or event.name != command.name:
+                hint = _PATCH_HINT if Kind.PATCH in (event.kind, command.kind) else _FIX
                 raise NonDeterminismError(
                     f"{self.label} does not replay its journal: at seq {seq} the journal "
                     f"holds {_describe(event)} but the code asked for "
-                    f"{command.describe()}. {_FIX}"
+                    f"{command.describe()}. {hint}",
+                    seq=seq,
+                    journaled=_describe(event),
+                    asked=command.describe(),
                 )
             self._check_arguments(command, event, seq)
             if isinstance(command, _ChildCommand) and not event.state.is_final:
@@ -431,6 +462,8 @@ class _Pass:
                 assert isinstance(message, StartChild)
                 self.awaited_children.append(message)
         else:
+            if self.cursor.checking:
+                raise Frontier(seq)
             event = command.new_event(seq, self.now)
             self.new_events.append(event)
             message = command.dispatch(seq)
@@ -464,7 +497,10 @@ class _Pass:
             f"{self.label} does not replay its journal: at seq {seq} the journal holds "
             f"{_describe(event)} called with {_call(journaled)} but the code calls it with "
             f"{_call(asked)}. Values that change between passes (the clock, random numbers) "
-            f"must come from ctx.now(), ctx.uuid4() or ctx.run(...). {_FIX}"
+            f"must come from ctx.now(), ctx.uuid4() or ctx.run(...). {_FIX}",
+            seq=seq,
+            journaled=f"{_describe(event)} called with {_call(journaled)}",
+            asked=f"{_describe(event)} called with {_call(asked)}",
         )
 
     def _issued(self, command: _Command) -> Event:
@@ -538,6 +574,7 @@ class _Pass:
             failure=failure,
             fired=self.settlement.fired,
             wake_at=min(self.timers) if waiting else None,
+            waiting_at=self.waiting_at if status is Status.RUNNING else None,
             consumed=self.settlement.consumed,
             custom_status=self.cursor.custom_status,
             children=self.started,
@@ -549,10 +586,14 @@ class _Pass:
         seq = self.cursor.seq
         if seq < len(self.journal):
             event = self.journal[seq]
+            hint = _PATCH_HINT if event.kind == Kind.PATCH else _FIX
             raise NonDeterminismError(
                 f"{self.label} {ended} but its journal holds {len(self.journal)} events: "
                 f"at seq {seq} the journal holds {_describe(event)} that the "
-                f"code no longer asks for. {_FIX}"
+                f"code no longer asks for. {hint}",
+                seq=seq,
+                journaled=_describe(event),
+                asked=None,
             )
 
     def _check_journal(self) -> None:

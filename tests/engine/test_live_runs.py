@@ -226,6 +226,23 @@ async def caught(ctx: WorkflowContext) -> Any:
     return "unreachable"
 
 
+async def patched_twice(ctx: WorkflowContext) -> str:
+    await ctx.step(charge, 1)
+    if ctx.patched("ship-first"):
+        await ctx.step(ship, 1)
+    await ctx.sleep(timedelta(seconds=10))
+    ctx.deprecate_patch("old-id")
+    return "shipped" if ctx.patched("ship-first") else "not shipped"
+
+
+def test_patches_journaled_by_a_continued_pass() -> None:
+    decisions = run_both(patched_twice, World())
+    assert decisions[-1].status is Status.COMPLETED
+    assert decisions[-1].output == '"shipped"'
+    markers = [e for d in decisions for e in d.new_events if e.kind is Kind.PATCH]
+    assert [e.name for e in markers] == ["ship-first"]
+
+
 def test_a_sequence_of_steps() -> None:
     decisions = run_both(sequence, World(), 8)
     assert decisions[-1].status is Status.COMPLETED

@@ -14,7 +14,8 @@ from celery_durable.engine.journal import Event, Instance, Kind, State, Status
 
 NOW = datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
 FIX = (
-    "Deploy code that replays this journal (or restore the previous code), then retry the instance."
+    "Deploy code that replays this journal (or restore the previous code, or branch with "
+    "ctx.patched()), then retry the instance."
 )
 HINT = (
     "Values that change between passes (the clock, random numbers) must come from "

@@ -18,7 +18,8 @@ NOW = datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
 HOUR = timedelta(hours=1)
 MIN = timedelta(minutes=1)
 FIX = (
-    "Deploy code that replays this journal (or restore the previous code), then retry the instance."
+    "Deploy code that replays this journal (or restore the previous code, or branch with "
+    "ctx.patched()), then retry the instance."
 )
 
 MakeInstance = Callable[..., Instance]

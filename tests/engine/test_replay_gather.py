@@ -19,7 +19,8 @@ from celery_durable.errors import StepFailed
 NOW = datetime(2024, 3, 1, 9, 30, tzinfo=timezone.utc)
 MIN = timedelta(minutes=1)
 FIX = (
-    "Deploy code that replays this journal (or restore the previous code), then retry the instance."
+    "Deploy code that replays this journal (or restore the previous code, or branch with "
+    "ctx.patched()), then retry the instance."
 )
 OUT_OF_STOCK = Failure("OutOfStock", "no more widgets", "Traceback ...")
 

@@ -22,7 +22,8 @@ HOUR = timedelta(hours=1)
 MIN = timedelta(minutes=1)
 US = timedelta(microseconds=1)
 FIX = (
-    "Deploy code that replays this journal (or restore the previous code), then retry the instance."
+    "Deploy code that replays this journal (or restore the previous code, or branch with "
+    "ctx.patched()), then retry the instance."
 )
 
 MakeInstance = Callable[..., Instance]

@@ -17,7 +17,8 @@ MakeInstance = Callable[..., Instance]
 MakeEvent = Callable[..., Event]
 
 FIX = (
-    "Deploy code that replays this journal (or restore the previous code), then retry the instance."
+    "Deploy code that replays this journal (or restore the previous code, or branch with "
+    "ctx.patched()), then retry the instance."
 )
 
 
