@@ -21,6 +21,9 @@ from typing import Protocol
 from celery_durable.engine.journal import Event, Failure, Instance, Signal, Status
 from celery_durable.errors import ConfigurationError
 
+Events = list[Event]
+"""A run of journal events (an alias usable where a store's ``list`` method shadows ``list``)."""
+
 
 @dataclass(frozen=True)
 class Commit:
@@ -65,6 +68,12 @@ class Commit:
             consumed go back to the inbox (``inbox`` counts them again), in the same
             transaction and before the rest of the commit applies (its ``outcomes``,
             ``consumed`` and ``new_events`` are those of the journal left).
+        waiting_at: where the workflow's code waits (``"file:line in function"``), or
+            ``None``. Written by every commit.
+        patches: the instance's patch ids after this commit (those its journal's PATCH
+            markers name), or ``None`` to keep them as they are.
+        code_version: the code version the run now starts on (a restart), or ``None`` to
+            keep it.
     """
 
     instance_id: str
@@ -82,6 +91,9 @@ class Commit:
     restart_input: str | None = None
     note: str | None = None
     rewind_from: int | None = None
+    waiting_at: str | None = None
+    patches: Sequence[str] | None = None
+    code_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -290,9 +302,44 @@ class Store(Protocol):
         workflow: str | None = None,
         limit: int = 100,
         parent_id: str | None = None,
+        code_version: str | None = None,
+        id_prefix: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: tuple[datetime, str] | None = None,
+        statuses: Sequence[Status] | None = None,
     ) -> list[Instance]:
-        """Instances, newest first, optionally filtered by status, workflow name and
-        parent (a parent's children)."""
+        """Instances, newest (``created_at``, then id) first, optionally filtered.
+
+        Args:
+            status / statuses: one status, or any of several.
+            workflow: the workflow name.
+            limit: at most this many.
+            parent_id: a parent's children.
+            code_version: the code version the run started on.
+            id_prefix: ids that start with this text (taken literally, no wildcards).
+            since / until: created at or after ``since``, before ``until``.
+            before: a page's cursor: only instances after ``(created_at, id)`` in this
+                order (the last one of the previous page).
+        """
+        ...
+
+    def count_by_status(
+        self,
+        *,
+        workflow: str | None = None,
+        id_prefix: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[Status, int]:
+        """How many instances each status has (statuses with none are left out),
+        filtered as :meth:`list` filters."""
+        ...
+
+    def pending_events(self, instance_ids: Sequence[str]) -> dict[str, Events]:
+        """The pending (scheduled or started) events of each instance, by seq, in one
+        read: what a listing shows each instance waiting on. Instances without any are
+        left out."""
         ...
 
     def wait_ended(self, instance_id: str, timeout: float) -> Ending | None:

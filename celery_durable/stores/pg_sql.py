@@ -18,7 +18,8 @@ from celery_durable.stores.schema import ACTIVE
 
 INSTANCE_COLUMNS = (
     "id, workflow, status, input, serializer, version, created_at, updated_at, output, "
-    "failure, wake_at, custom_status, parent_id, inbox, cancel_requested, run, note, parent_close"
+    "failure, wake_at, custom_status, parent_id, inbox, cancel_requested, run, note, "
+    "parent_close, code_version, patches, waiting_at"
 )
 EVENT_COLUMNS = (
     "seq, kind, name, input, state, output, failure, scheduled_at, started_at, "
@@ -168,9 +169,11 @@ def commit_sql(
     consumed: int = 0,
     restart: bool = False,
     ends: bool = False,
+    patches: bool = False,
+    versioned: bool = False,
 ) -> str:
     """The commit statement for this many outcomes, new events and consumed signals (and
-    resent steps, and a restart)."""
+    resent steps, a restart, new patch ids, a new code version)."""
     check = (
         f" AND (SELECT count(*) FROM durable_events WHERE instance_id = %(id)s"
         f" AND seq = ANY(%(outcome_seqs)s) AND state IN {PENDING}) = {outcomes}"
@@ -189,10 +192,15 @@ def commit_sql(
         inbox = f", inbox = inbox - {consumed}"
     if restart:
         inbox += ", input = %(restart_input)s, cancel_requested = false, run = run + 1"
+    if patches:
+        inbox += ", patches = %(patches)s"
+    if versioned:
+        inbox += ", code_version = %(code_version)s"
     parts = [
         "WITH moved AS (UPDATE durable_instances SET version = version + 1,"
         " status = %(status)s, output = %(output)s, failure = %(failure)s,"
         " updated_at = %(updated_at)s, wake_at = %(wake_at)s, note = %(note)s,"
+        " waiting_at = %(waiting_at)s,"
         f" custom_status = %(custom_status)s{inbox}"
         f" WHERE id = %(id)s AND version = %(expected)s{check} RETURNING id, version)"
     ]

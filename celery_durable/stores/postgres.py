@@ -60,6 +60,8 @@ from celery_durable.stores.rows import (
     check_restart,
     failure_text,
     instance_values,
+    patches_from,
+    patches_text,
     resent_seqs,
 )
 from celery_durable.stores.sqlalchemy import SQLAlchemyStore
@@ -152,6 +154,9 @@ class PostgresStore(SQLAlchemyStore):
         restart = commit.restart_input is not None
         params: dict[str, Any] = {
             "note": commit.note,
+            "waiting_at": commit.waiting_at,
+            "patches": None if commit.patches is None else patches_text(commit.patches),
+            "code_version": commit.code_version,
             "id": commit.instance_id,
             "expected": commit.expected_version,
             "status": Status(commit.status).value,
@@ -195,6 +200,8 @@ class PostgresStore(SQLAlchemyStore):
             len(commit.consumed),
             restart,
             status.is_terminal or status is Status.STUCK,
+            commit.patches is not None,
+            commit.code_version is not None,
         )
         with self._raw() as db:
             moved = db.execute(sql, params).fetchone()
@@ -431,6 +438,9 @@ def _instance(row: Sequence[Any]) -> Instance:
         run=row[15],
         note=row[16],
         parent_close=row[17],
+        code_version=row[18],
+        patches=patches_from(row[19]),
+        waiting_at=row[20],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, overload
 
@@ -31,6 +32,15 @@ def failure_from(value: str | None) -> Failure | None:
     return None if value is None else Failure.from_dict(json.loads(value))
 
 
+def patches_text(patches: Sequence[str]) -> str | None:
+    """The ``patches`` column's JSON list (NULL for none)."""
+    return json.dumps(list(patches)) if patches else None
+
+
+def patches_from(value: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(value)) if value else ()
+
+
 def instance_values(instance: Instance) -> dict[str, Any]:
     return {
         "id": instance.id,
@@ -51,6 +61,9 @@ def instance_values(instance: Instance) -> dict[str, Any]:
         "run": instance.run,
         "note": instance.note,
         "parent_close": instance.parent_close,
+        "code_version": instance.code_version,
+        "patches": patches_text(instance.patches),
+        "waiting_at": instance.waiting_at,
     }
 
 
@@ -74,6 +87,9 @@ def instance_from_row(row: RowMapping) -> Instance:
         run=row["run"],
         note=row["note"],
         parent_close=row["parent_close"],
+        code_version=row["code_version"],
+        patches=patches_from(row["patches"]),
+        waiting_at=row["waiting_at"],
     )
 
 

@@ -29,11 +29,13 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version of the tables below, recorded in ``durable_meta`` as ``schema_version``.
 
 2 added ``durable_instances.run``, ``.note``, ``.parent_close`` and
-``durable_events.resends``; a version 1 store gets them on first use (each has a default).
+``durable_events.resends``; 3 added ``durable_instances.code_version``, ``.patches`` and
+``.waiting_at`` (and the index on ``code_version``). An older store gets them on first use
+(each has a default or allows NULL).
 """
 
 ACTIVE = "status IN ('pending', 'running')"
@@ -106,11 +108,19 @@ instances = Table(
     Column("note", Text, nullable=True),
     # A child's parent-close policy: terminate, cancel or abandon; NULL at top level.
     Column("parent_close", String(16), nullable=True),
+    # The code version the current run started on (``durable_code_version`` or a hash of
+    # the workflow's source): ``durable list --version``.
+    Column("code_version", String(64), nullable=True),
+    # The patch ids whose markers the journal holds, as a JSON list (NULL: none).
+    Column("patches", Text, nullable=True),
+    # Where the workflow's code waits ("file:line in function"), set by every pass.
+    Column("waiting_at", Text, nullable=True),
     Index("ix_durable_instances_status", "status"),
     Index("ix_durable_instances_workflow", "workflow"),
     Index("ix_durable_instances_created_at", "created_at"),
     # A parent's children (``WHERE parent_id = :id``).
     Index("ix_durable_instances_parent_id", "parent_id"),
+    Index("ix_durable_instances_code_version", "code_version"),
 )
 
 # The tick's index: ``WHERE status IN ('pending', 'running') AND wake_at <= :now ORDER BY

@@ -55,7 +55,8 @@ from sqlalchemy import exc as sa_exc
 from celery_durable import faults
 from celery_durable.engine.journal import Event, Instance, Kind, Signal, State, Status
 from celery_durable.errors import StoreError
-from celery_durable.stores.base import Commit, Ending, StepStart
+from celery_durable.stores.base import Commit, Ending, Events, StepStart
+from celery_durable.stores.listing import Filters, count_query, list_query, pending_query
 from celery_durable.stores.rows import (
     aware,
     check_restart,
@@ -65,6 +66,7 @@ from celery_durable.stores.rows import (
     instance_from_row,
     instance_values,
     outcome_values,
+    patches_text,
     resent_seqs,
 )
 from celery_durable.stores.schema import (
@@ -195,6 +197,11 @@ class SQLAlchemyStore(WorkerRegistry):
         if commit.consumed:
             instance_values["inbox"] = instances.c.inbox - len(commit.consumed)
         instance_values["note"] = commit.note
+        instance_values["waiting_at"] = commit.waiting_at
+        if commit.patches is not None:
+            instance_values["patches"] = patches_text(commit.patches)
+        if commit.code_version is not None:
+            instance_values["code_version"] = commit.code_version
         if restart:
             instance_values["input"] = commit.restart_input
             instance_values["cancel_requested"] = False
@@ -554,18 +561,42 @@ class SQLAlchemyStore(WorkerRegistry):
         workflow: str | None = None,
         limit: int = 100,
         parent_id: str | None = None,
+        code_version: str | None = None,
+        id_prefix: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: tuple[datetime, str] | None = None,
+        statuses: Sequence[Status] | None = None,
     ) -> list[Instance]:
-        """Instances, newest (``created_at``) first, optionally filtered."""
-        query = select(instances)
-        if parent_id is not None:
-            query = query.where(instances.c.parent_id == parent_id)
+        """Instances, newest (``created_at``, then id) first, filtered (see ``Store.list``)."""
+        filters = Filters(workflow, parent_id, code_version, id_prefix, since, until)
         if status is not None:
-            query = query.where(instances.c.status == Status(status).value)
-        if workflow is not None:
-            query = query.where(instances.c.workflow == workflow)
-        query = query.order_by(instances.c.created_at.desc(), instances.c.id.desc()).limit(
-            max(limit, 0)
-        )
+            statuses = [*(statuses or ()), Status(status)] if statuses else [Status(status)]
+        query = list_query(filters, statuses, before, limit)
         with self._transaction() as conn:
             rows = conn.execute(query).mappings().all()
         return [instance_from_row(row) for row in rows]
+
+    def count_by_status(
+        self,
+        *,
+        workflow: str | None = None,
+        id_prefix: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[Status, int]:
+        """How many instances each status has, filtered as :meth:`list` filters."""
+        query = count_query(Filters(workflow, None, None, id_prefix, since, until))
+        with self._transaction() as conn:
+            return {Status(status): count for status, count in conn.execute(query).all()}
+
+    def pending_events(self, instance_ids: Sequence[str]) -> dict[str, Events]:
+        """The pending events of each instance, by seq, in one read."""
+        found: dict[str, Events] = {}
+        if not instance_ids:
+            return found
+        with self._transaction() as conn:
+            rows = conn.execute(pending_query(instance_ids)).mappings().all()
+        for row in rows:
+            found.setdefault(row["e_instance_id"], []).append(event_from_row(row))
+        return found

@@ -23,8 +23,9 @@ The tests are grouped by concern into mixins, one module each: :mod:`.journal`
 (create, get, load, list, commit), :mod:`.recovery` (heartbeat, resent steps,
 claim_due), :mod:`.signals`, :mod:`.lifecycle` (cancel, get_many, restart),
 :mod:`.steps` (start_step, reschedule_step, run-checked heartbeats, resends) and
-:mod:`.runs` (run numbers, notes, rewinds, children) and :mod:`.workers` (the step
-messages a worker holds, released when its beats stop);
+:mod:`.runs` (run numbers, notes, rewinds, children), :mod:`.workers` (the step
+messages a worker holds, released when its beats stop) and :mod:`.versions` (code
+versions, patch ids, where a workflow waits, and the listing reads);
 :mod:`.builders` holds the helpers they share, re-exported here for store-specific tests.
 """
 
@@ -49,6 +50,7 @@ from celery_durable.testing.contract.recovery import RecoveryContract
 from celery_durable.testing.contract.runs import RunContract
 from celery_durable.testing.contract.signals import SignalContract
 from celery_durable.testing.contract.steps import StepContract
+from celery_durable.testing.contract.versions import VersionContract
 from celery_durable.testing.contract.workers import WorkerContract
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "SignalContract",
     "StepContract",
     "StoreContract",
+    "VersionContract",
     "WorkerContract",
     "assert_event_types",
     "assert_instance_types",
@@ -82,5 +85,6 @@ class StoreContract(
     StepContract,
     RunContract,
     WorkerContract,
+    VersionContract,
 ):
     """The store contract. Subclasses provide a ``store`` fixture (a fresh, empty store)."""
