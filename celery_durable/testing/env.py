@@ -518,12 +518,10 @@ def _configured(app: Celery, overrides: dict[str, Any]) -> Iterator[None]:
 
 
 def _reset_connections(app: Celery) -> None:
-    """Forget the app's broker connections: the next use connects to what ``app.conf``
-    says now."""
-    pool = app._pool
+    """Forget the app's broker connection pools: the next use takes (kombu's process-wide)
+    pool for what ``app.conf`` says now. Nothing is closed: the pools stay kombu's, for
+    whoever uses that broker next."""
     app._pool = None
-    if pool is not None:
-        pool.force_close_all()
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
