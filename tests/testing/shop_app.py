@@ -3,6 +3,7 @@ processor, an approval that waits for a signal, and a monthly reminder."""
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 from celery import Celery
@@ -17,6 +18,10 @@ durable = Durable(app)
 #: What the steps did, in order (the real bodies; mocks replace them).
 LEDGER: list[str] = []
 
+#: ``reserve`` waits until this is set (a test clears it to hold a step running).
+GATE = threading.Event()
+GATE.set()
+
 
 class CardDeclined(Exception):
     """The card processor said no."""
@@ -24,6 +29,7 @@ class CardDeclined(Exception):
 
 @durable.step
 def reserve(item: str) -> str:
+    GATE.wait(10)
     LEDGER.append(f"reserve {item}")
     return f"reservation-{item}"
 
