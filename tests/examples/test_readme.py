@@ -5,8 +5,11 @@
   ``celery`` subprocess on Redis, and every ```pycon block of the README is run in one
   interactive session (``python -m doctest``) whose printed results must be exactly the
   ones the README shows.
-* "Testing your workflows without a broker": its test file (headed ``# test_bank.py``)
-  is run with pytest next to ``bank.py``, with no broker URL in the environment.
+* "Testing your workflows": its pytest configuration (the ```toml block headed
+  ``# pyproject.toml``) and its test file (headed ``# test_workflows.py``) are written to
+  an empty directory and run there with the section's pytest command, as a user runs them:
+  the ``durable_env`` fixture comes from the installed plugin, with no broker URL in the
+  environment and no server running.
 
 A change to the README's code, commands or shown output that no longer holds fails here.
 """
@@ -135,10 +138,14 @@ def test_quickstart_session_prints_what_the_readme_shows(
 
 
 def test_testing_example_runs_with_no_broker(tmp_path: Path) -> None:
-    _write(tmp_path, "bank.py", "test_bank.py")
-    command = _command("Testing your workflows without a broker", "pytest test_bank.py")
+    section = _section("Testing your workflows")
+    _write(tmp_path, "test_workflows.py")
+    configs = [b for b in _blocks(section, "toml") if b.startswith("# pyproject.toml\n")]
+    assert len(configs) == 1, "the section shows no ```toml block headed # pyproject.toml"
+    (tmp_path / "pyproject.toml").write_text(configs[0])
+    command = _command("Testing your workflows", "pytest test_workflows.py")
     proc = subprocess.run(
-        [*command, "-p", "no:cacheprovider", "-W", "error"],
+        [*command, "-p", "no:cacheprovider", "-W", "error", "-v"],
         cwd=tmp_path,
         env=_env(),
         capture_output=True,
@@ -147,4 +154,7 @@ def test_testing_example_runs_with_no_broker(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-    assert " passed" in proc.stdout, proc.stdout
+    tests = _blocks(section, "python")[0].count("\ndef test_")
+    assert tests >= 2
+    assert f"{tests} passed" in proc.stdout, proc.stdout
+    assert "durable_env" in (tmp_path / "test_workflows.py").read_text()
