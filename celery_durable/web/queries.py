@@ -359,4 +359,11 @@ def workflow_view(durable: Durable, workflow_id: str) -> WorkflowView:
     for child in durable.store.list(parent_id=workflow_id, limit=CHILDREN_SHOWN):
         children.setdefault(child.id, None)
     signals = durable.store.signals(workflow_id)
-    return WorkflowView(instance, events, codec, signals, list(children), compensations(events))
+    return WorkflowView(
+        instance,
+        events,
+        codec,
+        signals,
+        list(children),
+        compensations(events, instance.failure if instance.status is Status.FAILED else None),
+    )
