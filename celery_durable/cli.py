@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from celery_durable.cli_deploys import export, patches, replay_check
 from celery_durable.client import HistoryEvent, WorkflowInfo
 from celery_durable.engine.journal import Failure, State, Status
 from celery_durable.errors import DurableError, WorkflowNotFound
@@ -55,20 +56,31 @@ def durable(ctx: click.Context) -> None:
 @durable.command("list")
 @click.option("--status", type=click.Choice([s.value for s in Status]), help="Only this status.")
 @click.option("--workflow", metavar="NAME", help="Only instances of this workflow.")
+@click.option(
+    "--version",
+    "code_version",
+    metavar="V",
+    help="Only instances whose run started on this code version.",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @pass_durable
 def list_(
-    runtime: Durable, status: str | None, workflow: str | None, limit: int, as_json: bool
+    runtime: Durable,
+    status: str | None,
+    workflow: str | None,
+    code_version: str | None,
+    limit: int,
+    as_json: bool,
 ) -> None:
     """List workflow instances, newest first."""
-    infos = runtime.list(status=status, workflow=workflow, limit=limit)
+    infos = runtime.list(status=status, workflow=workflow, limit=limit, version=code_version)
     if as_json:
         _print_json([_info_data(i) for i in infos])
     elif not infos:
         click.echo("no workflow instances")
     else:
-        header = ["ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED", "ERROR"]
+        header = ["ID", "WORKFLOW", "STATUS", "VERSION", "CREATED", "UPDATED", "ERROR"]
         _print_table(header, [_info_row(i) for i in infos])
 
 
@@ -118,6 +130,11 @@ def show(runtime: Durable, workflow_id: str, as_json: bool) -> None:
         fields.append(("custom status", repr(info.custom)))
     if info.parent_id is not None:
         fields.append(("parent", info.parent_id))
+    fields.append(("code version", info.code_version or "unknown"))
+    if info.patches:
+        fields.append(("patches", ", ".join(info.patches)))
+    if info.waiting_at is not None:
+        fields.append(("waiting at", info.waiting_at))
     for key, value in fields:
         click.echo(f"{key + ':':<15}{value}")
     if pending:
@@ -233,7 +250,8 @@ def _failure(failure: Failure) -> str:
 def _info_row(info: WorkflowInfo) -> list[str]:
     error = info.error.type if info.error else ""
     created, updated = _time(info.created_at), _time(info.updated_at)
-    return [info.id, info.workflow, info.status.value, created, updated, error]
+    version = info.code_version or "-"
+    return [info.id, info.workflow, info.status.value, version, created, updated, error]
 
 
 def _event_row(event: HistoryEvent) -> list[str]:
@@ -277,6 +295,9 @@ def _info_data(info: WorkflowInfo) -> dict[str, Any]:
         "parent_id": info.parent_id,
         "run": info.run,
         "note": info.note,
+        "code_version": info.code_version,
+        "patches": list(info.patches),
+        "waiting_at": info.waiting_at,
     }
 
 
@@ -304,3 +325,8 @@ def _jsonable(value: Any) -> Any:
 
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, default=_jsonable, indent=2, ensure_ascii=False))
+
+
+durable.add_command(replay_check)
+durable.add_command(export)
+durable.add_command(patches)

@@ -161,6 +161,9 @@ class WorkflowHandle(Generic[R]):
             run=instance.run,
             note=instance.note,
             pending_signals=pending,
+            code_version=instance.code_version,
+            patches=instance.patches,
+            waiting_at=instance.waiting_at,
         )
 
     def signal(self, name: str, payload: Any = None) -> None:
@@ -291,8 +294,11 @@ def start(
     *,
     workflow_id: str | None = None,
     countdown: float | None = None,
+    code_version: str | None = None,
 ) -> WorkflowHandle[Any]:
     """Create an instance (or find the existing one with that id) and wake its orchestrator.
+
+    ``code_version`` is stamped on the instance (the version of the code starting it).
 
     Starting twice with one ``workflow_id`` returns the first run; the resume message is
     sent again only while that run has not made its first commit, which repairs a start
@@ -321,6 +327,7 @@ def start(
         # Due when the first pass should have happened: if the message is lost, the tick
         # sends another.
         wake_at=now + delay if by_tick else now + delay + runtime.redrive_after,
+        code_version=code_version,
     )
     # The first pass runs here when it can: the instance is stored with its first
     # events in one statement and its first steps are sent from here (no resume hop).
@@ -543,6 +550,7 @@ def retry(runtime: Runtime, workflow_id: str) -> WorkflowHandle[Any]:
                 custom_status=instance.custom_status,
                 wake_at=runtime.now() + runtime.redrive_after,
                 rewind_from=None if point is None else point.seq,
+                waiting_at=instance.waiting_at,
             )
         ):
             break

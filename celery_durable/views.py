@@ -67,6 +67,9 @@ class WorkflowInfo:
         run: the run number (``ctx.continue_as_new`` starts the next).
         note: why a live instance is not moving (e.g. "waiting for a worker that knows
             workflow X"), or ``None``.
+        code_version: the code version its current run started on (``None`` if unknown).
+        patches: the patch ids whose markers its journal holds.
+        waiting_at: where its code waits (``"file:line in function"``), while it waits.
     """
 
     id: str
@@ -83,6 +86,9 @@ class WorkflowInfo:
     parent_id: str | None
     run: int
     note: str | None
+    code_version: str | None = None
+    patches: tuple[str, ...] = ()
+    waiting_at: str | None = None
 
     @classmethod
     def from_instance(cls, instance: Instance, codec: Codec) -> WorkflowInfo:
@@ -127,6 +133,9 @@ class WorkflowInfo:
             parent_id=instance.parent_id,
             run=instance.run,
             note=note,
+            code_version=instance.code_version,
+            patches=instance.patches,
+            waiting_at=instance.waiting_at,
         )
 
 
@@ -174,6 +183,9 @@ class WorkflowStatus:
             workflow X"), or ``None``.
         pending_signals: signals sent to it that no ``ctx.wait_signal`` has taken yet,
             oldest first (a signal nobody waits for stays here, visible).
+        code_version: the code version its current run started on (``None`` if unknown).
+        patches: the patch ids whose markers its journal holds.
+        waiting_at: where its code waits (``"file:line in function"``), while it waits.
     """
 
     state: Status
@@ -184,6 +196,9 @@ class WorkflowStatus:
     run: int = 1
     note: str | None = None
     pending_signals: tuple[PendingSignal, ...] = ()
+    code_version: str | None = None
+    patches: tuple[str, ...] = ()
+    waiting_at: str | None = None
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, WorkflowStatus):

@@ -24,7 +24,12 @@ from celery_durable import Durable
 app = Celery(
     "examples",
     broker=os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0"),
-    include=["examples.money_transfer", "examples.schedule", "examples.user_registration"],
+    include=[
+        "examples.money_transfer",
+        "examples.schedule",
+        "examples.user_registration",
+        "examples.fulfilment",
+    ],
 )
 app.conf.update(
     durable_store=os.environ.get("DURABLE_STORE") or None,

@@ -26,8 +26,9 @@ os.environ["USERS_DB"] = f"{WORKDIR}/users.json"
 from celery.contrib.testing.worker import start_worker  # noqa: E402
 
 from celery_durable import HistoryEvent, WorkflowFailed, WorkflowHandle  # noqa: E402
+from celery_durable.runtime.deploys import check_store  # noqa: E402
 from celery_durable.testing import Clock  # noqa: E402
-from examples import bank, mailbox, users  # noqa: E402
+from examples import bank, fulfilment, fulfilment_v1, mailbox, users  # noqa: E402
 from examples.app import app, durable  # noqa: E402
 from examples.money_transfer import money_transfer, money_transfer_saga  # noqa: E402
 from examples.schedule import schedule  # noqa: E402
@@ -138,6 +139,33 @@ def run_schedule() -> bool:
     return True
 
 
+def run_deploy() -> bool:
+    """A deploy under a running order: v1 running, v2 deployed with ctx.patched."""
+    print("\n== a deploy under a running order: v1 running, then v2 with ctx.patched")
+    name = fulfilment.fulfil.name
+    # Playing both deploys in one process: each version's function registered under the
+    # workflow's name, as restarting the workers on that code does.
+    v1 = durable.workflow(name=name)(fulfilment_v1.fulfil)
+    old = v1.apply_async(["order-1"], workflow_id="order-1")
+    if wait_for_timer(old) is None:
+        return False
+    print(f"  order-1 started on v1 (code version {old.status().code_version}), sleeping")
+    v2 = durable.workflow(name=name)(fulfilment.fulfil.fn)
+    for check in check_store(durable, workflow=name):
+        print(f"  replay-check of v2 before the rollout: {check.describe()}")
+        if not check.ok:
+            return False
+    new = v2.apply_async(["order-2"], workflow_id="order-2")
+    if wait_for_timer(new) is None:
+        return False
+    print(f"  order-2 started on v2 (code version {new.status().code_version}), sleeping")
+    durable.clock.advance(days=1)  # type: ignore[attr-defined]
+    durable.recover()
+    print(f"  order-1 result: {old.result(timeout=60)}; its steps: {old.steps()}")
+    print(f"  order-2 result: {new.result(timeout=60)}; its steps: {new.steps()}")
+    return "check_fraud" not in old.steps() and "check_fraud" in new.steps()
+
+
 def main() -> int:
     """Run each example; return a process exit code."""
     # A step that fails on purpose is journaled and handled by the saga; keep Celery's
@@ -174,7 +202,7 @@ def main() -> int:
         if bank.balance("alice") != Decimal("400") or bank.balance("bob") != Decimal("100"):
             print("  ERROR: balances do not add up")
             return 1
-        if not (run_saga() and run_schedule() and run_registration()):
+        if not (run_saga() and run_schedule() and run_registration() and run_deploy()):
             print("  ERROR: a workflow did not reach the state it must")
             return 1
     print("\ndemo finished: every workflow reached the state it must")

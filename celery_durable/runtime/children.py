@@ -40,6 +40,7 @@ def start_children(durable: Durable, parent: Instance, starts: Iterable[StartChi
     """Create each child instance (unless it exists) and wake its orchestrator."""
     now = durable.now()
     for start in starts:
+        known = durable.workflows.get(start.workflow)
         child = Instance(
             id=start.workflow_id,
             workflow=start.workflow,
@@ -51,6 +52,7 @@ def start_children(durable: Durable, parent: Instance, starts: Iterable[StartChi
             wake_at=now + durable.redrive_after,
             parent_id=parent.id,
             parent_close=start.parent_close,
+            code_version=known.code_version if known is not None else None,
         )
         stored, created = durable.store.create(child)
         if stored.parent_id != parent.id or stored.workflow != start.workflow:

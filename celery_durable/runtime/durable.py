@@ -39,6 +39,7 @@ from celery_durable.errors import (
     WorkflowNotFound,
 )
 from celery_durable.runtime.codec import KombuCodec, content_type
+from celery_durable.runtime.deploys import source_version
 from celery_durable.runtime.eager import EagerChain
 from celery_durable.runtime.heartbeat import Heartbeats
 from celery_durable.runtime.live import LiveWorkflows
@@ -99,6 +100,13 @@ class Workflow(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Workflow {self.name}>"
 
+    @property
+    def code_version(self) -> str:
+        """The version stamped on instances this code starts: ``durable_code_version``,
+        or a hash of the workflow function's source (12 hex digits)."""
+        configured = self.durable.settings.code_version
+        return configured if configured is not None else source_version(self.fn)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
             f"workflow {self.name!r} is not called directly: start it with "
@@ -153,6 +161,7 @@ class Workflow(Generic[P, R]):
             dict(kwargs or {}),
             workflow_id=workflow_id,
             countdown=countdown,
+            code_version=self.code_version,
         )
         return handle
 
@@ -407,17 +416,26 @@ class Durable:
         return WorkflowHandle(self, workflow_id)
 
     def list(
-        self, *, status: Status | str | None = None, workflow: str | None = None, limit: int = 100
+        self,
+        *,
+        status: Status | str | None = None,
+        workflow: str | None = None,
+        limit: int = 100,
+        version: str | None = None,
     ) -> list[WorkflowInfo]:
-        """Workflow instances, newest first, filtered by status and/or workflow name,
-        with their arguments, result and custom status decoded (as ``history()`` does).
+        """Workflow instances, newest first, filtered by status, workflow name and the code
+        version their run started on (``version``), with their arguments, result and
+        custom status decoded (as ``history()`` does).
 
         An instance whose payloads cannot be decoded here (a serializer outside
         ``durable_accept_content``, or unreadable data) is listed all the same, with empty
         arguments and ``note`` saying why: one foreign row never hides the others.
         """
         instances = self.store.list(
-            status=Status(status) if status is not None else None, workflow=workflow, limit=limit
+            status=Status(status) if status is not None else None,
+            workflow=workflow,
+            limit=limit,
+            code_version=version,
         )
         listed = []
         for instance in instances:

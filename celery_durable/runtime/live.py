@@ -199,5 +199,8 @@ def journal_after(
         custom_status=commit.custom_status,
         note=commit.note,
         inbox=instance.inbox - len(commit.consumed),
+        waiting_at=commit.waiting_at,
+        patches=instance.patches if commit.patches is None else tuple(commit.patches),
+        code_version=commit.code_version or instance.code_version,
     )
     return after, journal

@@ -29,7 +29,7 @@ from celery_durable.runtime.recovery import Wake, lost_for_good, plan
 from celery_durable.stores.base import Commit
 
 if TYPE_CHECKING:
-    from celery_durable.runtime.durable import Durable
+    from celery_durable.runtime.durable import Durable, Workflow
     from celery_durable.runtime.eager import EagerChain
 
 logger = logging.getLogger("celery_durable")
@@ -115,6 +115,7 @@ def commit_beside(
             wake_at=wake_at,
             custom_status=instance.custom_status,
             note=note,
+            waiting_at=instance.waiting_at,
         )
     )
 
@@ -330,6 +331,7 @@ def _advance(
             and decision.status is instance.status
             and wake.at == instance.wake_at
             and instance.note is None  # a note of why it waited: cleared by this commit
+            and decision.waiting_at == instance.waiting_at
             and (
                 not decision.sets_custom_status or decision.custom_status == instance.custom_status
             )
@@ -355,6 +357,9 @@ def _advance(
             resent=[event.seq for event in wake.resend],
             consumed=decision.consumed,
             restart_input=decision.restart_input,
+            waiting_at=decision.waiting_at,
+            patches=patches_after(instance, decision),
+            code_version=_stamp(workflow, instance, decision),
         )
         if not store.commit(commit):
             if kept is not None:
@@ -444,8 +449,33 @@ def first_pass(durable: Durable, instance: Instance) -> FirstPass | None:
         updated_at=now,
         wake_at=wake.at,
         custom_status=decision.custom_status,
+        waiting_at=decision.waiting_at,
+        patches=patches_after(instance, decision) or (),
+        code_version=instance.code_version or workflow.code_version,
     )
     return FirstPass(first, list(decision.new_events), decision, wake, now)
+
+
+def patches_after(instance: Instance, decision: Decision) -> tuple[str, ...] | None:
+    """The instance's patch ids once ``decision`` is committed, or ``None`` if unchanged:
+    a restart empties them (a new journal), new PATCH markers add theirs."""
+    if decision.restart_input is not None:
+        return () if instance.patches else None
+    added = [e.name for e in decision.new_events if e.kind is Kind.PATCH]
+    fresh = [name for name in dict.fromkeys(added) if name not in instance.patches]
+    return (*instance.patches, *fresh) if fresh else None
+
+
+def _stamp(workflow: Workflow[..., Any], instance: Instance, decision: Decision) -> str | None:
+    """The code version to stamp with this commit: the current code's for a new run
+    (``continue_as_new``) and for a new instance created without one (a child started
+    by a process that lacked its workflow); ``None`` keeps the stored one (instances
+    from before versions were stamped stay unknown)."""
+    unstamped = instance.code_version is None and instance.status is Status.PENDING
+    if decision.restart_input is not None or unstamped:
+        version = workflow.code_version
+        return version if version != instance.code_version else None
+    return None
 
 
 def _started(events: list[Event], seq: int, now: datetime) -> tuple[list[Event], Event]:

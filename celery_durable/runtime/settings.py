@@ -70,6 +70,12 @@ class Settings:
             workflow's code up to its first wait runs there and its first steps are
             published from there, saving the round trip of a resume message. ``False``
             leaves every pass to the workers.
+        code_version: the version stamped on every instance started (and every run
+            begun by ``continue_as_new``) by this code (``durable_code_version``, e.g. a
+            release tag or git sha; at most 64 characters). ``None`` (the default) stamps
+            each workflow's own version: a hash of its function's source. Shown by
+            ``durable list`` / ``show``; ``durable list --version V`` filters on it.
+            Recovery never skips an instance for its version.
     """
 
     store: str
@@ -87,6 +93,7 @@ class Settings:
     eager_seconds: float = 1.0
     live_cache: int = 1000
     start_in_caller: bool = True
+    code_version: str | None = None
 
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
@@ -144,7 +151,17 @@ class Settings:
                 f"durable_start_in_caller must be True or False, not {start_in_caller!r}"
             )
         serializer = conf.get("durable_serializer") or conf.get("task_serializer") or "json"
+        code_version = conf.get("durable_code_version")
+        if code_version is not None and (
+            not isinstance(code_version, str) or not 0 < len(code_version) <= 64
+        ):
+            raise ConfigurationError(
+                "durable_code_version must be a string of 1 to 64 characters (a release "
+                f"tag or git sha), not {code_version!r}; leave it unset to stamp a hash of "
+                "each workflow's source"
+            )
         return cls(
+            code_version=code_version,
             store=conf.get("durable_store") or DEFAULT_URL,
             queue=conf.get("durable_queue") or None,
             serializer=serializer,

@@ -148,7 +148,7 @@ def test_celery_help_lists_durable_and_its_commands(celery: Celery) -> None:
 def test_list_prints_aligned_columns_newest_first(celery: Celery, store: Store) -> None:
     out = celery("-A", "cliapp", "durable", "list").stdout
     lines = out.splitlines()
-    assert _rows(out)[0] == ["ID", "WORKFLOW", "STATUS", "CREATED", "UPDATED", "ERROR"]
+    assert _rows(out)[0] == ["ID", "WORKFLOW", "STATUS", "VERSION", "CREATED", "UPDATED", "ERROR"]
     assert [row[0] for row in _rows(out)[1:]] == ["other", "stuck", "failed", "done"]
     column = lines[0].index("STATUS")
     assert [line[column:].split()[0] for line in lines[1:]] == [
@@ -157,7 +157,8 @@ def test_list_prints_aligned_columns_newest_first(celery: Celery, store: Store) 
         "failed",
         "completed",
     ]
-    assert _rows(out)[1][3:5] == ["2024-05-01", "12:10:00"]
+    assert _rows(out)[1][3] == "-"  # unknown: written by hand, no code version
+    assert _rows(out)[1][4:6] == ["2024-05-01", "12:10:00"]
     assert _rows(out)[2][-1] == "NonDeterminismError"
 
 
@@ -202,6 +203,9 @@ def test_list_filters_and_json(celery: Celery, store: Store) -> None:
             "parent_id": None,
             "run": 1,
             "note": None,
+            "code_version": None,
+            "patches": [],
+            "waiting_at": None,
         }
     ]
     (done,) = json.loads(

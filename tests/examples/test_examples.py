@@ -42,6 +42,9 @@ def test_demo_runs_every_example_on_the_embedded_default(tmp_path: Path) -> None
     assert "Congratulations: a year with us" in out
     assert "step ActivateUser(" in out
     assert "result: expired" in out
+    assert "replay-check of v2 before the rollout: OK        order-1" in out
+    assert "order-1 result: order-1 shipped, without a fraud check" in out
+    assert "order-2 result: order-2 shipped, fraud-checked" in out
     assert "demo finished" in out
 
 
