@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Install the servers the test suite starts (Redis, PostgreSQL) if this machine lacks them.
+# Install the servers the test suite starts (Redis, PostgreSQL) if this machine lacks them,
+# and the headless Chromium the console's browser tests drive (Debian's package, offline).
 # The tests start and stop their own throwaway instances on free loopback ports; nothing
 # is left running and no system service is started.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ! command -v pg_config >/dev/null 2>&1 || [ ! -x "$(pg_config --bindir 2>/dev/null)/initdb" ]; then
   need+=(postgresql)
 fi
