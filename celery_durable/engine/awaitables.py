@@ -44,6 +44,8 @@ class _Cursor:
     patch_log: list[tuple[str, str]] = field(default_factory=list)
     """``(patch id, "old" | "marker" | "new")`` per first call in the pass: the old
     branch replayed, a journaled marker replayed, or new ground (the new branch)."""
+    taken: set[int] = field(default_factory=set)
+    """Seqs of patch markers answered ahead of the cursor (patches met in another order)."""
     checking: bool = False
     """A replay check: stop at the first command the journal does not hold yet."""
 

@@ -652,8 +652,9 @@ class WorkflowContext:
         old branch: keep only the new code, preceded by this call.
 
         It consumes the marker that runs which took the new branch journaled, and
-        journals nothing. Remove it once ``celery -A app durable patches`` shows no open
-        instance holding the marker.
+        journals nothing. It is optional (replay passes over markers the code no longer
+        asks for) and may be removed at any time: it says in the code that the old
+        branch is gone.
 
         Raises:
             TypeError, ValueError: ``patch_id`` is not a string of 1 to 255 characters.

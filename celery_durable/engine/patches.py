@@ -11,13 +11,14 @@ An instance that had not reached the call when the patch was deployed takes the 
 A run answers once per id: later calls with the same id give the first answer without
 touching the journal, so ``if ctx.patched("x")`` may guard several places.
 
-Retiring a patch takes two deploys:
-
-1. once no open instance replays the old branch (``celery -A app durable patches``
-   says so), replace ``if ctx.patched("x"): new else: old`` with
-   ``ctx.deprecate_patch("x")`` followed by the new code alone: it consumes the marker
-   where a journal holds one and journals nothing;
-2. once no open instance holds the marker, remove the ``deprecate_patch`` call.
+Markers have no effect of their own, so replay passes over markers the code does not ask
+for (a retired patch's, in the journals that recorded it). Retiring a patch therefore
+takes one deploy, once no open instance replays the old branch
+(``celery -A app durable patches`` says so): replace ``if ctx.patched("x"): new else:
+old`` with the new code alone, optionally after ``ctx.deprecate_patch("x")``, which says
+so in the code, consumes the marker where a journal holds one and journals nothing.
+Removing the old branch too early is still caught: the old journals then hold the old
+branch's commands where the code asks for others.
 """
 
 from __future__ import annotations
@@ -45,11 +46,37 @@ def check_patch_id(patch_id: object, call: str) -> str:
     return patch_id
 
 
-def _marker_here(cursor: _Cursor, patch_id: str) -> bool:
-    if not cursor.in_journal:
-        return False
-    event = cursor.journal[cursor.seq]
-    return event.kind == Kind.PATCH and event.name == patch_id
+def skip_markers(cursor: _Cursor) -> None:
+    """Move the cursor past the patch markers at it (the code asked for a command)."""
+    journal = cursor.journal
+    while cursor.seq < len(journal) and journal[cursor.seq].kind == Kind.PATCH:
+        cursor.seq += 1
+
+
+def _command_ahead(cursor: _Cursor) -> bool:
+    """True if the journal holds a command (not only markers) from the cursor on."""
+    journal = cursor.journal
+    return any(event.kind != Kind.PATCH for event in journal[cursor.seq :])
+
+
+def _marker_ahead(cursor: _Cursor, patch_id: str) -> int | None:
+    """The seq of ``patch_id``'s marker among the markers at the cursor, if there."""
+    journal = cursor.journal
+    seq = cursor.seq
+    while seq < len(journal) and journal[seq].kind == Kind.PATCH:
+        if journal[seq].name == patch_id and seq not in cursor.taken:
+            return seq
+        seq += 1
+    return None
+
+
+def _take(cursor: _Cursor, seq: int) -> None:
+    """Answer the marker at ``seq``; the cursor moves past the markers answered so far
+    (a marker further on waits for its own call: patches met in another order)."""
+    cursor.taken.add(seq)
+    journal = cursor.journal
+    while cursor.seq in cursor.taken and cursor.seq < len(journal):
+        cursor.seq += 1
 
 
 def patched(cursor: _Cursor, patch_id: str) -> bool:
@@ -58,16 +85,18 @@ def patched(cursor: _Cursor, patch_id: str) -> bool:
     answer = cursor.patches.get(patch_id)
     if answer is not None:
         return answer
+    found = _marker_ahead(cursor, patch_id)
     if cursor.discarding:
         # A ``finally`` block run while the engine closes the coroutine: nothing is
         # journaled then; answer as the journal does.
-        return _marker_here(cursor, patch_id)
-    if _marker_here(cursor, patch_id):
-        cursor.seq += 1
+        return found is not None
+    if found is not None:
+        _take(cursor, found)
         answer, how = True, "marker"
-    elif cursor.in_journal:
+    elif _command_ahead(cursor):
         answer, how = False, "old"  # written by code before the patch: the old branch
     else:
+        skip_markers(cursor)  # other patches' markers, then new ground
         if not cursor.checking:
             cursor.new_events.append(
                 Event(
@@ -92,7 +121,8 @@ def deprecate_patch(cursor: _Cursor, patch_id: str) -> None:
     check_patch_id(patch_id, "ctx.deprecate_patch()")
     if patch_id in cursor.patches or cursor.discarding:
         return
-    if _marker_here(cursor, patch_id):
-        cursor.seq += 1
+    found = _marker_ahead(cursor, patch_id)
+    if found is not None:
+        _take(cursor, found)
         cursor.patch_log.append((patch_id, "marker"))
     cursor.patches[patch_id] = True

@@ -56,6 +56,7 @@ from celery_durable.engine.awaitables import (
 from celery_durable.engine.commands import Decision, ScheduleStep, StartChild
 from celery_durable.engine.context import WorkflowContext
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, Signal, State, Status
+from celery_durable.engine.patches import skip_markers
 from celery_durable.engine.serialization import Codec
 from celery_durable.engine.settling import Outcome, Part, Settlement, Stuck
 from celery_durable.engine.suspension import suspended_at
@@ -66,11 +67,6 @@ _NO_CHILDREN: Mapping[str, Instance] = MappingProxyType({})
 _FIX = (
     "Deploy code that replays this journal (or restore the previous code, or branch with "
     "ctx.patched()), then retry the instance."
-)
-_PATCH_HINT = (
-    "A patch marker must meet ctx.patched() or ctx.deprecate_patch() with its id at the "
-    "same place: keep ctx.deprecate_patch(id) until `celery -A app durable patches` shows "
-    "no open instance holding the marker, then retry the instance."
 )
 
 
@@ -442,16 +438,20 @@ class _Pass:
         )
 
     def _issue(self, command: _Command) -> Event:
-        """Give ``command`` the next seq: its journal event, or a new one (journaled now)."""
+        """Give ``command`` the next seq: its journal event, or a new one (journaled now).
+
+        Patch markers the code did not ask for are passed over first: they have no
+        effect of their own, and a retired ``ctx.patched``/``ctx.deprecate_patch`` call
+        leaves them in the journals that recorded them."""
+        skip_markers(self.cursor)
         seq = self.cursor.seq
         if self.cursor.in_journal:
             event = self.journal[seq]
             if event.kind != command.kind or event.name != command.name:
-                hint = _PATCH_HINT if Kind.PATCH in (event.kind, command.kind) else _FIX
                 raise NonDeterminismError(
                     f"{self.label} does not replay its journal: at seq {seq} the journal "
                     f"holds {_describe(event)} but the code asked for "
-                    f"{command.describe()}. {hint}",
+                    f"{command.describe()}. {_FIX}",
                     seq=seq,
                     journaled=_describe(event),
                     asked=command.describe(),
@@ -583,14 +583,14 @@ class _Pass:
 
     def _check_consumed(self, ended: str) -> None:
         """A workflow that ends before the end of its journal no longer matches it."""
+        skip_markers(self.cursor)
         seq = self.cursor.seq
         if seq < len(self.journal):
             event = self.journal[seq]
-            hint = _PATCH_HINT if event.kind == Kind.PATCH else _FIX
             raise NonDeterminismError(
                 f"{self.label} {ended} but its journal holds {len(self.journal)} events: "
                 f"at seq {seq} the journal holds {_describe(event)} that the "
-                f"code no longer asks for. {hint}",
+                f"code no longer asks for. {_FIX}",
                 seq=seq,
                 journaled=_describe(event),
                 asked=None,

@@ -220,8 +220,8 @@ class PatchUse:
         patch_id: the id.
         old_branch: open instances that replay the old branch (``ctx.patched`` answers
             ``False``): the old branch must stay.
-        marker: open instances whose journal holds the marker: ``ctx.patched`` or
-            ``ctx.deprecate_patch`` with this id must stay.
+        marker: open instances whose journal holds the marker (they took the new
+            branch; replay passes over the marker once the call is gone).
         not_reached: open instances whose next pass reaches the call on new ground
             (they will take the new branch).
         in_code: the id appears in a registered workflow's source.
@@ -237,12 +237,9 @@ class PatchUse:
         """What may be done with the patch now, for people."""
         if self.old_branch:
             return f"keep both branches: {self.old_branch} open instance(s) replay the old one"
-        if self.marker:
-            return (
-                f"the old branch can go: keep ctx.deprecate_patch({self.patch_id!r}) while "
-                f"{self.marker} open instance(s) hold the marker"
-            )
-        return "no open instance needs it: the patch call can go"
+        if self.in_code:
+            return "the old branch can go: keep only the new code (markers are passed over)"
+        return "not in the code any more; nothing open replays its old branch"
 
 
 def patch_uses(

@@ -100,7 +100,7 @@ def test_patches_counts_what_the_open_instances_need(folder: Path) -> None:
     assert rows["use-b"].split()[1:4] == ["1", "1", "1"]  # old, marker, not reached
     assert "keep both branches: 1 open instance(s) replay the old one" in rows["use-b"]
     assert rows["retired"].split()[1:4] == ["0", "0", "0"]
-    assert "no open instance needs it" in rows["retired"]
+    assert "the old branch can go: keep only the new code" in rows["retired"]
     assert "1 open instance(s) do not replay the current code at all" in proc.stdout
 
     data = json.loads(_celery(folder, "patches", "--json").stdout)

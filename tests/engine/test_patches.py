@@ -161,19 +161,60 @@ def test_deprecate_patch_consumes_a_marker_and_journals_nothing(
     assert [e.name for e in fresh.new_events] == ["check_fraud"]
 
 
-def test_removing_the_patch_call_too_early_parks_naming_the_marker(
+def test_markers_of_a_retired_patch_are_passed_over(
     instance: MakeInstance, event: MakeEvent
 ) -> None:
+    # v4 dropped the deprecate_patch call: journals from v2/v3 still hold the marker.
     journal = [event(0, "reserve"), marker(1, "fraud-check"), event(2, "check_fraud")]
-
     decision = replay(order_v4, instance(), journal, codec=_codec(), now=NOW)
+    assert decision.status is Status.RUNNING
+    assert [(e.seq, e.name) for e in decision.new_events] == [(3, "charge")]
 
-    assert decision.status is Status.STUCK
-    assert decision.failure is not None
-    message = decision.failure.message
-    assert "at seq 1 the journal holds patch 'fraud-check'" in message
-    assert "but the code asked for step 'check_fraud'" in message
-    assert "keep ctx.deprecate_patch(id) until `celery -A app durable patches`" in message
+    trailing = [*journal, event(3, "charge"), marker(4, "gone")]
+    assert replay(order_v4, instance(), trailing, codec=_codec(), now=NOW).output == '"new"'
+
+
+def test_removing_the_old_branch_too_early_parks(instance: MakeInstance, event: MakeEvent) -> None:
+    old = [event(0, "reserve"), event(1, "charge", State.STARTED)]  # v1: no fraud check
+
+    for code in (order_v3, order_v4):
+        decision = replay(code, instance(), old, codec=_codec(), now=NOW)
+        assert decision.status is Status.STUCK
+        assert decision.failure is not None
+        assert (
+            "at seq 1 the journal holds step 'charge' but the code asked for step "
+            "'check_fraud'" in decision.failure.message
+        )
+        assert "branch with ctx.patched()" in decision.failure.message
+
+
+def test_patches_met_in_another_order_or_next_to_others(
+    instance: MakeInstance, event: MakeEvent
+) -> None:
+    answers: list[tuple[str, bool]] = []
+
+    async def two(ctx: WorkflowContext) -> None:
+        await ctx.step("a")
+        answers.append(("y", ctx.patched("y")))
+        answers.append(("x", ctx.patched("x")))
+        await ctx.step("b")
+
+    # Written by code that called x, then (a later patch) y, before step b.
+    journal = [event(0, "a"), marker(1, "x"), marker(2, "y"), event(3, "b", State.STARTED)]
+    decision = replay(two, instance(), journal, codec=_codec(), now=NOW)
+    assert answers == [("y", True), ("x", True)]  # each finds its own marker
+    assert decision.status is Status.RUNNING
+    assert decision.new_events == []
+
+    answers.clear()
+    only_other = [event(0, "a"), marker(1, "z")]  # ended at a marker: then new ground
+    decision = replay(two, instance(), only_other, codec=_codec(), now=NOW)
+    assert answers == [("y", True), ("x", True)]
+    assert [(e.seq, e.kind, e.name) for e in decision.new_events] == [
+        (2, Kind.PATCH, "y"),
+        (3, Kind.PATCH, "x"),
+        (4, Kind.STEP, "b"),
+    ]
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 256, 42])
