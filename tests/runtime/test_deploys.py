@@ -257,3 +257,49 @@ def test_a_patched_deploy_under_running_instances(
     finally:
         durable.store.close()
         app.close()
+
+
+def test_the_first_pass_in_the_caller_stamps_version_patches_and_waiting_at(
+    app: Celery, worker: Any
+) -> None:
+    app.conf.durable_code_version = "release-2026.11"
+    durable = Durable(app)
+
+    @durable.step
+    def pick(order: str) -> str:
+        return order
+
+    @durable.workflow(name="deploys.first")
+    async def first(ctx: Any, order: str) -> str:
+        if ctx.patched("pick-first"):
+            await ctx.step(pick, order)
+        await ctx.wait_signal("go")
+        return "done"
+
+    try:
+        handle = first.delay("o-1")  # the first pass runs here: created with its events
+        instance = durable.store.get(handle.id)
+        assert instance is not None
+        assert instance.code_version == "release-2026.11"
+        assert instance.patches == ("pick-first",)
+        assert instance.waiting_at is not None
+        path, line = instance.waiting_at.split(" in ")[0].rsplit(":", 1)
+        assert path.endswith("test_deploys.py")
+        assert (
+            "await ctx.step(pick, order)" in Path(__file__).read_text().splitlines()[int(line) - 1]
+        )
+        assert instance.waiting_at.endswith(" in first")
+        with worker():
+            wait_for(lambda: waiting_on(handle, "signal"))
+            status = handle.status()
+            assert status.code_version == "release-2026.11"
+            assert status.patches == ("pick-first",)
+            assert status.waiting_at is not None
+            assert "in first" in status.waiting_at
+            handle.signal("go")
+            assert handle.result(timeout=30) == "done"
+        assert handle.status().waiting_at is None
+        assert [i.id for i in durable.list(version="release-2026.11")] == [handle.id]
+        assert durable.list(version="other") == []
+    finally:
+        durable.store.close()

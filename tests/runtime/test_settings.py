@@ -39,3 +39,29 @@ def test_each_number_is_read(name: str) -> None:
 def test_a_bad_number_is_refused_by_name(name: str, bad: object) -> None:
     with pytest.raises(ConfigurationError, match=f"durable_{name} must be a positive number"):
         Settings.from_conf(conf(**{name: bad}))
+
+
+def test_code_version_is_read_and_checked() -> None:
+    assert Settings.from_conf(conf()).code_version is None
+    assert Settings.from_conf(conf(code_version="v2.3.1")).code_version == "v2.3.1"
+    for bad in ("", "x" * 65, 3, b"v1"):
+        with pytest.raises(ConfigurationError, match="durable_code_version must be a string"):
+            Settings.from_conf(conf(code_version=bad))
+
+
+def test_the_default_code_version_is_a_hash_of_the_source() -> None:
+    from celery_durable import Durable
+
+    durable = Durable(Celery("versions", broker="memory://", set_as_current=False))
+
+    async def wf(ctx: object) -> None:
+        return None
+
+    async def wf2(ctx: object) -> int:
+        return 2
+
+    workflow = durable.workflow(name="versions.wf")(wf)  # type: ignore[arg-type]
+    changed = durable.workflow(name="versions.wf2")(wf2)  # type: ignore[arg-type]
+    assert len(workflow.code_version) == 12
+    assert int(workflow.code_version, 16) >= 0
+    assert changed.code_version != workflow.code_version
