@@ -115,8 +115,10 @@ instances = Table(
     Column("patches", Text, nullable=True),
     # Where the workflow's code waits ("file:line in function"), set by every pass.
     Column("waiting_at", Text, nullable=True),
-    Index("ix_durable_instances_status", "status"),
-    Index("ix_durable_instances_workflow", "workflow"),
+    # A status's or a workflow's instances, newest first (the console's list), in index
+    # order; they serve ``WHERE status = ...`` and ``WHERE workflow = ...`` alone too.
+    Index("ix_durable_instances_status_created_at", "status", "created_at"),
+    Index("ix_durable_instances_workflow_created_at", "workflow", "created_at"),
     Index("ix_durable_instances_created_at", "created_at"),
     # A parent's children (``WHERE parent_id = :id``).
     Index("ix_durable_instances_parent_id", "parent_id"),
