@@ -22,6 +22,7 @@ from celery_durable.client import HistoryEvent, WorkflowInfo
 from celery_durable.engine.journal import Failure, State, Status
 from celery_durable.errors import DurableError, WorkflowNotFound
 from celery_durable.runtime.durable import Durable, runtime_of
+from celery_durable.web.command import web
 
 __all__ = ["durable", "runtime_of"]
 
@@ -330,3 +331,4 @@ def _print_json(data: Any) -> None:
 durable.add_command(replay_check)
 durable.add_command(export)
 durable.add_command(patches)
+durable.add_command(web)
