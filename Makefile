@@ -4,6 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# Test worker processes (pytest-xdist). The tests mostly wait on workers, timers and
+# servers, so more processes than cores pay; tests/conftest.py says how files are grouped.
+TEST_WORKERS ?= 3
 
 .PHONY: demo test lint typecheck unit bench soak clean
 
@@ -21,7 +24,7 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy

@@ -4,6 +4,13 @@ The servers are started once per test session, on free loopback ports in tempora
 directories (see ``servers.py``), and stopped at the end even when tests fail or the run
 is interrupted. A missing server binary fails the tests that need it, with the command
 that installs it: a test run never passes by skipping them.
+
+``make test`` runs the suite in parallel worker processes (pytest-xdist, ``-n N --dist
+loadgroup``). Each worker is a session of its own, so it starts its own servers on its own
+ports and directories and stops them at its end. The scheduler below hands out whole test
+files (a file's tests run in order, in one process, as they do serially), the longest
+groups first, and keeps the crash tests in ``SERIAL_GROUPS``: the files of one group run
+one after another in one worker, never beside each other.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from servers import (
@@ -56,3 +64,77 @@ def redis_url() -> Iterator[str]:
     """``redis://127.0.0.1:PORT/0``: a non-persistent Redis server for the session."""
     with _start(start_redis) as server:
         yield server.url
+
+
+# --------------------------------------------------------------------------- parallel runs
+
+#: Test paths (files or directories, relative to the repository) whose tests run in one
+#: worker, one file after another, in this order of priority. The crash tests kill and
+#: time subprocess workers: two groups of them beside each other is the most a run allows.
+SERIAL_GROUPS: dict[str, str] = {
+    "tests/chaos/test_soak.py": "chaos-soak",
+    "tests/chaos/": "chaos",
+}
+
+
+def _make_scheduler_class() -> type[Any]:
+    from xdist.scheduler import LoadGroupScheduling
+
+    ranks = {group: rank for rank, group in enumerate(dict.fromkeys(SERIAL_GROUPS.values()))}
+
+    class FileScheduling(LoadGroupScheduling):  # type: ignore[misc]
+        """``--dist loadgroup`` by file: a test's unit is its ``xdist_group`` mark's group,
+        else its ``SERIAL_GROUPS`` group, else its file. Units are handed out groups first,
+        then files with the most tests first."""
+
+        _ordered = False
+
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):
+                return nodeid.rsplit("@", 1)[-1]
+            path = nodeid.split("::", 1)[0]
+            for prefix, group in SERIAL_GROUPS.items():
+                if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+                    return group
+            return path
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self._ordered:  # the queue is complete before the first unit goes out
+                self._ordered = True
+                units = sorted(
+                    self.workqueue.items(),
+                    key=lambda unit: (ranks.get(unit[0], len(ranks)), -len(unit[1])),
+                )
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    return FileScheduling
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return _make_scheduler_class()(config, log)
+
+
+# --------------------------------------------------------------------------- summaries
+
+#: ``user_properties`` named ``summary:TITLE`` on a test's report: a line of the terminal
+#: summary's TITLE section. Reports carry them from xdist workers to the controller.
+_SUMMARY = "summary:"
+_summary_lines: dict[str, list[str]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, value in report.user_properties:
+        if isinstance(name, str) and name.startswith(_SUMMARY):
+            _summary_lines.setdefault(name[len(_SUMMARY) :], []).append(str(value))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for title, lines in _summary_lines.items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
