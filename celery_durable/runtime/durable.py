@@ -55,6 +55,7 @@ from celery_durable.runtime.orchestrator import (
 from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
 from celery_durable.runtime.settings import Settings
 from celery_durable.runtime.steps import DurableStep, step_task_id
+from celery_durable.runtime.task_steps import PlainTaskSteps
 from celery_durable.stores.base import Store, open_store
 from celery_durable.views import undecoded_info
 
@@ -204,6 +205,7 @@ class Durable:
         self.clock: Callable[[], datetime] = clock or utcnow
         """The runtime's time source; tests may swap in ``celery_durable.testing.Clock``."""
         self.heartbeats = Heartbeats(self)
+        self._plain_tasks = PlainTaskSteps(self)  # existing tasks as steps (signals)
         self._live: LiveWorkflows | None = None
         self._lock = threading.Lock()
         self._resume_task = self._register_resume_task()
@@ -488,19 +490,16 @@ class Durable:
         advance(self, instance_id, outcome, journal, eager)
 
     def resolve_step(self, task: Any) -> str:
-        """The task name ``ctx.step`` journals for ``task``; rejects what is not a step."""
+        """The task name ``ctx.step`` journals for ``task``: a ``@durable.step`` or any
+        Celery task (an existing ``@app.task`` / ``@shared_task`` runs as a step too, see
+        :mod:`.task_steps`), or a task's name; rejects anything else."""
         if isinstance(task, str):
             return task
-        if isinstance(task, DurableStep):
-            return str(task.name)
         if isinstance(task, Task):
-            raise TypeError(
-                f"{task.name} is a plain Celery task; declare it with @durable.step so "
-                "its outcome is journaled"
-            )
+            return str(task.name)
         raise TypeError(
-            f"ctx.step() takes a @durable.step task, not {type(task).__name__}; "
-            "for a local function use ctx.run()"
+            f"ctx.step() takes a Celery task (@durable.step, @app.task or @shared_task) "
+            f"or a task name, not {type(task).__name__}; for a local function use ctx.run()"
         )
 
     def send_step(self, instance_id: str, step: ScheduleStep, run: int = 1) -> None:

@@ -90,6 +90,16 @@ def current_step() -> StepInfo | None:
     return _current.get()
 
 
+def enter_step(info: StepInfo) -> contextvars.Token[StepInfo | None]:
+    """Make ``info`` what :func:`current_step` returns until :func:`leave_step`."""
+    return _current.set(info)
+
+
+def leave_step(token: contextvars.Token[StepInfo | None]) -> None:
+    """Undo the :func:`enter_step` that gave ``token``."""
+    _current.reset(token)
+
+
 class DurableStep(Task):  # type: ignore[misc]
     """Base class of ``@durable.step`` tasks."""
 

@@ -30,7 +30,7 @@ from celery_durable.client import start
 from chaos import report
 from chaos.apps import Record, read_records
 from chaos.cluster import Cluster, wait_for
-from chaos.trust_app import BLOCKS, CRASHES, OVER_TIME, POISON, SHORT, make_app
+from chaos.trust_app import BLOCKS, CRASHES, OVER_TIME, PLAIN_POISON, POISON, SHORT, make_app
 
 #: The promise: a step whose worker died is sent again within this many seconds of the
 #: kill, plus one tick interval (5 s by default).
@@ -126,6 +126,21 @@ def test_poison_step_fails_as_step_lost_after_max_resends(trust: Trust) -> None:
     step = handle.history()[0]
     assert (step.state.value, step.error and step.error.type) == ("failed", "StepLost")
     assert worker.popen.poll() is None  # the worker itself survived every loss
+
+
+@pytest.mark.timeout(180)
+def test_an_existing_task_that_kills_its_process_fails_as_step_lost(trust_sqlite: Trust) -> None:
+    """A plain @app.task as a step (early ack: its message is gone with the process):
+    the same bound as a @durable.step, counted from the main process's WorkerLostError."""
+    trust = trust_sqlite
+    worker = trust.cluster.worker("worker", concurrency=2)
+    trust.cluster.wait_ready(worker)
+    handle = start(trust.durable, PLAIN_POISON, (), {})
+    assert trust.wait_done(handle.id, 120) is Status.COMPLETED
+    assert handle.result(timeout=1).startswith("StepLost: step 'trust.plain_poison' (seq 0)")
+    assert len(trust.starts("plain_poison")) == 4
+    assert len(trust.starts("undo")) == 1
+    assert worker.popen.poll() is None
 
 
 @pytest.mark.timeout(180)

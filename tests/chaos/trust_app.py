@@ -25,6 +25,7 @@ from chaos import trust_workflows
 from chaos.mix import log_line
 
 POISON = "trust.poison_workflow"
+PLAIN_POISON = "trust.plain_poison_workflow"
 SHORT = "trust.short_steps"
 OVER_TIME = "trust.over_time_workflow"
 BLOCKS = "trust.blocking_workflow"
@@ -64,6 +65,12 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
         note("poison", "start")
         os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a segfault would
 
+    @app.task(name="trust.plain_poison")
+    def plain_poison() -> None:
+        """An existing task (plain @app.task, early ack) that kills its process."""
+        note("plain_poison", "start")
+        os.kill(os.getpid(), signal.SIGKILL)
+
     @durable.step(name="trust.over_time", time_limit=1)
     def over_time() -> None:
         note("over_time", "start")
@@ -88,6 +95,10 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
     @durable.workflow(name=POISON)
     async def poison_workflow(ctx: WorkflowContext) -> str:
         return await survive(ctx, poison)
+
+    @durable.workflow(name=PLAIN_POISON)
+    async def plain_poison_workflow(ctx: WorkflowContext) -> str:
+        return await survive(ctx, plain_poison)
 
     @durable.workflow(name=OVER_TIME)
     async def over_time_workflow(ctx: WorkflowContext) -> str:
