@@ -206,6 +206,13 @@ def main() -> int:
             print("  ERROR: a workflow did not reach the state it must")
             return 1
     print("\ndemo finished: every workflow reached the state it must")
+    print(
+        "\nSee these workflows in the web console (timelines, journals; Ctrl+C to stop):\n"
+        f"  DURABLE_STORE={os.environ['DURABLE_STORE']} CELERY_BROKER_URL=memory:// "
+        f"{sys.executable} -m celery -A examples.app durable web\n"
+        "  then open http://127.0.0.1:8765/ (the demo's worker has stopped: the pages show "
+        "everything; actions need a worker on a real broker)"
+    )
     return 0
 
 
