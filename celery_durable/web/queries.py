@@ -33,7 +33,7 @@ from celery_durable.web.present import (
 from celery_durable.web.timeline import compensations
 
 DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
+MAX_LIMIT = 1000
 CHILDREN_SHOWN = 1000
 
 
@@ -55,7 +55,7 @@ class ListQuery:
         id_prefix: only ids starting with this text.
         since / until: created at or after ``since``, before ``until`` (ISO 8601; UTC
             when no offset is given).
-        limit: at most this many rows (1 to 500).
+        limit: at most this many rows (1 to 1,000).
         cursor: the opaque position after which this page starts (``next_cursor`` of the
             page before), or ``None`` for the newest.
     """
@@ -303,6 +303,7 @@ class WorkflowView:
         data = summary(instance, self.codec)
         completed = instance.status is Status.COMPLETED
         data |= {
+            "input": {"args": args, "kwargs": kwargs},
             "args": args,
             "kwargs": kwargs,
             "result": decode(self.codec, instance.output) if completed else None,

@@ -100,7 +100,7 @@ def test_list_filters_counts_paging_and_waiting_on(
     [
         {"status": "bogus"},
         {"limit": "0"},
-        {"limit": "501"},
+        {"limit": "1001"},
         {"limit": "many"},
         {"since": "yesterday"},
         {"until": "2024-13-01"},
@@ -128,6 +128,7 @@ def test_workflow_detail_timeline_compensation_inbox_and_journal(
     assert saga["workflow"] == workflows.transfer.name
     assert saga["args"] == ["alice", "nobody", 5]
     assert saga["kwargs"] == {}
+    assert saga["input"] == {"args": ["alice", "nobody", 5], "kwargs": {}}
     assert saga["error"]["type"] == "TransferFailed"
     assert "cannot book +5 on 'nobody'" in saga["error"]["message"]
     assert saga["custom_status"] == {"stage": "booking"}
