@@ -172,6 +172,9 @@ class Instance:
         waiting_at: where the workflow's code is suspended, as ``"file:line in
             function"`` of the innermost ``await`` of workflow code, captured by the
             last pass that left it waiting; ``None`` once it ended.
+        trace_context: the instance's OpenTelemetry trace (its run span's ids, its
+            caller's span, its start), as :mod:`celery_durable.telemetry.tracing` stores
+            it when the instance is created with tracing on; ``None`` otherwise.
     """
 
     id: str
@@ -195,6 +198,7 @@ class Instance:
     code_version: str | None = None
     patches: tuple[str, ...] = ()
     waiting_at: str | None = None
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from celery_durable.stores.schema import ACTIVE
 INSTANCE_COLUMNS = (
     "id, workflow, status, input, serializer, version, created_at, updated_at, output, "
     "failure, wake_at, custom_status, parent_id, inbox, cancel_requested, run, note, "
-    "parent_close, code_version, patches, waiting_at"
+    "parent_close, code_version, patches, waiting_at, trace_context"
 )
 EVENT_COLUMNS = (
     "seq, kind, name, input, state, output, failure, scheduled_at, started_at, "

@@ -441,6 +441,7 @@ def _instance(row: Sequence[Any]) -> Instance:
         code_version=row[18],
         patches=patches_from(row[19]),
         waiting_at=row[20],
+        trace_context=row[21],
     )
 
 

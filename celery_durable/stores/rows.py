@@ -64,6 +64,7 @@ def instance_values(instance: Instance) -> dict[str, Any]:
         "code_version": instance.code_version,
         "patches": patches_text(instance.patches),
         "waiting_at": instance.waiting_at,
+        "trace_context": instance.trace_context,
     }
 
 
@@ -90,6 +91,7 @@ def instance_from_row(row: RowMapping) -> Instance:
         code_version=row["code_version"],
         patches=patches_from(row["patches"]),
         waiting_at=row["waiting_at"],
+        trace_context=row["trace_context"],
     )
 
 

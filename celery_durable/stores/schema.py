@@ -29,12 +29,13 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The version of the tables below, recorded in ``durable_meta`` as ``schema_version``.
 
 2 added ``durable_instances.run``, ``.note``, ``.parent_close`` and
 ``durable_events.resends``; 3 added ``durable_instances.code_version``, ``.patches`` and
-``.waiting_at`` (and the index on ``code_version``). An older store gets them on first use
+``.waiting_at`` (and the index on ``code_version``); 4 added
+``durable_instances.trace_context``. An older store gets them on first use
 (each has a default or allows NULL).
 """
 
@@ -115,6 +116,8 @@ instances = Table(
     Column("patches", Text, nullable=True),
     # Where the workflow's code waits ("file:line in function"), set by every pass.
     Column("waiting_at", Text, nullable=True),
+    # The instance's OpenTelemetry trace (run span ids, the caller's span), set at creation.
+    Column("trace_context", Text, nullable=True),
     # A status's or a workflow's instances, newest first (the console's list), in index
     # order; they serve ``WHERE status = ...`` and ``WHERE workflow = ...`` alone too.
     Index("ix_durable_instances_status_created_at", "status", "created_at"),

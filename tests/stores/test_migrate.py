@@ -1,9 +1,9 @@
 """A version 1 store opened by this version: upgraded in place on SQLite and PostgreSQL.
 
-The version 1 tables are today's without the columns versions 2 and 3 added; a few rows are
+The version 1 tables are today's without the columns versions 2, 3 and 4 added; a few rows are
 written to them as version 1 wrote them. The current store then adds the columns, reads
 the old rows with the defaults (run 1, no note, no parent-close policy, no resends),
-records version 3 and works on them as on any other; stores upgrading one database at
+records the current version and works on them as on any other; stores upgrading one database at
 once do not get in each other's way.
 """
 
@@ -24,11 +24,11 @@ from celery_durable.testing.contract import T0, make_event, make_instance, run_t
 
 ADDED_IN_2 = {
     "durable_instances": frozenset(
-        {"run", "note", "parent_close", "code_version", "patches", "waiting_at"}
+        {"run", "note", "parent_close", "code_version", "patches", "waiting_at", "trace_context"}
     ),
     "durable_events": frozenset({"resends"}),
 }
-"""The columns schema versions 2 and 3 added, by table."""
+"""The columns schema versions 2, 3 and 4 added, by table."""
 
 
 def _version_1_metadata(keep: frozenset[str] = frozenset()) -> sa.MetaData:
@@ -233,7 +233,7 @@ def test_version_1_store_is_upgraded_on_first_use(old_url: tuple[str, type]) -> 
                 parent_id="wf-old",
             )
         ]
-        assert _schema_version(url) == str(SCHEMA_VERSION) == "3"
+        assert _schema_version(url) == str(SCHEMA_VERSION) == "4"
         columns = _columns(url)
         assert ADDED_IN_2["durable_instances"] <= columns["durable_instances"]
         assert ADDED_IN_2["durable_events"] <= columns["durable_events"]
@@ -261,7 +261,7 @@ def test_version_1_store_is_upgraded_on_first_use(old_url: tuple[str, type]) -> 
     again: SQLAlchemyStore = store_class(url)
     try:
         assert again.get("wf-new") == make_instance("wf-new", run=3, note="n")
-        assert _schema_version(url) == "3"
+        assert _schema_version(url) == str(SCHEMA_VERSION)
     finally:
         again.close()
 
@@ -278,7 +278,7 @@ def test_stores_upgrading_at_once(old_url: tuple[str, type]) -> None:
 
     assert all(journal is not None and journal[0].run == 1 for journal in loaded)
     assert all(was_created for _, was_created in created)
-    assert _schema_version(url) == "3"
+    assert _schema_version(url) == str(SCHEMA_VERSION)
     columns = _columns(url)
     assert ADDED_IN_2["durable_instances"] <= columns["durable_instances"]
 
@@ -299,4 +299,4 @@ def test_upgrade_adds_only_the_missing_columns(tmp_path: Path) -> None:
         assert [e.resends for e in loaded[1]] == [0, 0, 0]
     finally:
         store.close()
-    assert _schema_version(url) == "3"
+    assert _schema_version(url) == str(SCHEMA_VERSION)

@@ -1,4 +1,4 @@
-"""The deploys and listing part of the store contract (schema version 3).
+"""The deploys and listing part of the store contract (schema versions 3 and 4).
 
 An instance's ``code_version``, ``patches`` and ``waiting_at`` round trip through
 ``create``, ``get``, ``load``, ``list`` and ``get_many``; a commit writes ``waiting_at``
@@ -7,6 +7,7 @@ version, id prefix (literally: ``%`` and ``_`` are plain characters), creation t
 several statuses, and pages with a ``(created_at, id)`` cursor that neither repeats nor
 skips an instance when many share a creation time; ``count_by_status`` counts with the
 same filters; ``pending_events`` gives the pending events of many instances in one read.
+An instance's ``trace_context`` round trips and commits leave it as created.
 """
 
 from __future__ import annotations
@@ -48,6 +49,29 @@ class VersionContract:
             assert got.code_version == "v1-abc123"
             assert got.patches == ("fraud-check", "new-mail")
             assert got.waiting_at == "shop/orders.py:42 in fulfil"
+
+    def test_trace_context_round_trips_and_commits_keep_it(self, store: Store) -> None:
+        trace = '{"trace":"0af7651916cd43dd8448eb211c80319c","span":"b7ad6b7169203331"}'
+        store.create(make_instance("wf-traced", trace_context=trace))
+        store.create(make_instance("wf-untraced"))
+        loaded = store.load("wf-traced")
+        assert loaded is not None
+        commit = Commit(
+            instance_id="wf-traced",
+            expected_version=loaded[0].version,
+            status=Status.RUNNING,
+            updated_at=T0,
+            wake_at=None,
+        )
+        assert store.commit(commit)
+        again = store.load("wf-traced")
+        assert again is not None
+        for got in (store.get("wf-traced"), again[0], *store.get_many(["wf-traced"])):
+            assert got is not None
+            assert got.trace_context == trace
+        untraced = store.get("wf-untraced")
+        assert untraced is not None
+        assert untraced.trace_context is None
 
     def test_defaults_are_no_version_no_patches(self, store: Store) -> None:
         store.create(make_instance("wf-plain"))
