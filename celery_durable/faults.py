@@ -22,6 +22,9 @@ from collections.abc import Callable
 
 #: A step's user code returned (or raised); its outcome is not journaled yet.
 STEP_RAN = "step.ran"
+#: A transactional step's writes are done and its outcome is about to be journaled, in
+#: the one transaction not committed yet.
+STEP_EFFECT = "step.effect"
 #: An orchestrator pass committed (outcome, new steps, timers); nothing is published yet.
 AFTER_COMMIT = "orchestrator.after_commit"
 #: Inside a store's commit: every row is written, the transaction is not committed yet.
@@ -31,6 +34,7 @@ MID_COMMIT = "store.mid_commit"
 
 #: Every point, for tests that pick one.
 POINTS = (STEP_RAN, AFTER_COMMIT, MID_COMMIT)
+"""(:data:`STEP_EFFECT` is left out: only transactional steps reach it.)"""
 
 _handler: Callable[[str], None] | None = None
 

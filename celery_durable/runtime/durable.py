@@ -331,6 +331,13 @@ class Durable:
         and ``ignore_result`` is on (the journal keeps results). Inside the step,
         :func:`celery_durable.current_step` gives its idempotency key.
 
+        ``transactional=True``: an exactly-once database step. Its function takes a
+        SQLAlchemy ``Connection`` to the store's database first (callers do not pass it);
+        its writes there and its journaled outcome commit in one transaction, so a crash
+        can never keep one without the other. A failure rolls its writes back; Celery's
+        retries run outside the transaction. Keep it short: the instance (on SQLite, the
+        whole database) waits for it.
+
         Usable bare (``@durable.step``) or with options (``@durable.step(name="Pay")``).
         """
 
@@ -342,6 +349,10 @@ class Durable:
                 )
             # Not shared: the task belongs to this app's Durable, not to every app.
             options.setdefault("shared", False)
+            if options.get("transactional"):
+                # Its function takes the transaction's connection first, which callers
+                # do not pass: Celery's argument check would count it.
+                options.setdefault("typing", False)
             options.setdefault("Request", STEP_REQUEST)
             return self.app.task(base=DurableStep, durable=self, **options)(func)
 

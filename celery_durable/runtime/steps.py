@@ -48,6 +48,7 @@ from celery_durable.errors import StoreError, WorkflowNotFound
 from celery_durable.runtime.eager import EagerChain
 from celery_durable.runtime.ids import parse_step_task_id, step_task_id
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome
+from celery_durable.runtime.transactional import in_transaction, run_transactional
 
 if TYPE_CHECKING:
     from celery_durable.runtime.durable import Durable
@@ -108,6 +109,10 @@ class DurableStep(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
+    transactional = False
+    """``@durable.step(transactional=True)``: the step's function takes a SQLAlchemy
+    ``Connection`` to the store's database first, and its writes commit in the one
+    transaction that journals its outcome (:mod:`.transactional`)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.called_directly:
@@ -156,6 +161,19 @@ class DurableStep(Task):  # type: ignore[misc]
                 run=run,
             )
         )
+        if self.transactional:
+            try:
+                with durable.heartbeats.track(workflow_id, run, seq):
+                    error, value = run_transactional(self, identity, journal, args, kwargs)
+            finally:
+                _current.reset(token)
+            # Journaled (or found journaled): the workflow goes on from the store.
+            self._advance(workflow_id, None, None, durable.settings.outcome_patience, chain)
+            if chain is not None and handoff is None:
+                chain.run_handed()
+            if error is not None:
+                raise error
+            return value
         failed: BaseException | None = None
         result: Any = None
         # The beats go on until the outcome is journaled: a step waiting for the store
@@ -254,12 +272,15 @@ class DurableStep(Task):  # type: ignore[misc]
             else:
                 delay = countdown if countdown is not None else self.default_retry_delay
                 due = now + timedelta(seconds=float(delay or 0))
-            try:
-                self.durable.store.reschedule_step(
-                    workflow_id, run, seq, due, due + self.durable.redrive_after
-                )
-            except StoreError as error:
-                logger.warning("step %s: cannot journal its retry (%s)", self.request.id, error)
+            if in_transaction(self, (workflow_id, run, seq, due)):
+                pass  # journaled once the step's transaction is rolled back
+            else:
+                try:
+                    self.durable.store.reschedule_step(
+                        workflow_id, run, seq, due, due + self.durable.redrive_after
+                    )
+                except StoreError as error:
+                    logger.warning("step %s: cannot journal its retry (%s)", self.request.id, error)
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def _advance(

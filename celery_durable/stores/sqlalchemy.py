@@ -77,6 +77,7 @@ from celery_durable.stores.schema import (
     signals,
 )
 from celery_durable.stores.schema import events as events_table
+from celery_durable.stores.step_transactions import StepTransactions
 from celery_durable.stores.workers import WorkerRegistry
 
 __all__ = ["SQLAlchemyStore"]
@@ -92,7 +93,7 @@ class _Abort(Exception):
     """Roll the current transaction back; the operation reports ``False``."""
 
 
-class SQLAlchemyStore(WorkerRegistry):
+class SQLAlchemyStore(StepTransactions, WorkerRegistry):
     """The :class:`~celery_durable.stores.base.Store` on any SQLAlchemy 2 database.
 
     Args:

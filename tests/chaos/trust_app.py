@@ -65,7 +65,7 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
         note("poison", "start")
         os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a segfault would
 
-    @app.task(name="trust.plain_poison")
+    @app.task(name="trust.plain_poison", shared=False)
     def plain_poison() -> None:
         """An existing task (plain @app.task, early ack) that kills its process."""
         note("plain_poison", "start")

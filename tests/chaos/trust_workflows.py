@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
+
 from celery_durable import Durable, StepFailed, WorkflowContext, current_step, faults
 from chaos.mix import log_line
 
@@ -31,6 +33,8 @@ REFUND = "trust.refund"
 CLAIMS_CHILD = "trust.claims_child"
 CHILD = "trust.child_waits"
 PARENT = "trust.parent"
+
+BOOK_SEAT = "trust.book_a_seat"
 
 EAGER_CHAIN = "trust.eager_chain"
 EAGER_POISON = "trust.eager_poison"
@@ -184,6 +188,28 @@ def register(durable: Durable, record: Path, flags: Path) -> None:
         if policy == "default":
             return await ctx.child(child_waits)
         return await ctx.child(child_waits, on_parent_close=policy)
+
+    # ------------------------------- transactional steps (test_transactional_steps.py)
+    @durable.step(name="trust.book_seat", transactional=True)
+    def book_seat(conn: Any, token: str, seat: str) -> int:
+        note("book")
+        conn.execute(sqlalchemy.text("CREATE TABLE IF NOT EXISTS bookings (token TEXT, seat TEXT)"))
+        conn.execute(
+            sqlalchemy.text("INSERT INTO bookings (token, seat) VALUES (:t, :s)"),
+            {"t": token, "s": seat},
+        )
+        if flag(token, "crash") and not (flags / f"{token}.crashed").exists():
+            # Die once, after the writes and before the commit that journals them.
+            (flags / f"{token}.crashed").touch()
+            (flags / f"{faults.STEP_EFFECT}.{os.getpid()}").touch()
+        taken = conn.execute(
+            sqlalchemy.text("SELECT count(*) FROM bookings WHERE token = :t"), {"t": token}
+        ).scalar()
+        return int(taken or 0)
+
+    @durable.workflow(name=BOOK_SEAT)
+    async def book_a_seat(ctx: WorkflowContext, token: str) -> int:
+        return int(await ctx.step(book_seat, token, "12A"))
 
     # ---------------------------------------------- eager chains (test_eager_prefork.py)
     @durable.step(name="trust.eager_step")
