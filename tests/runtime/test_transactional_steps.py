@@ -146,3 +146,26 @@ def test_a_copy_after_the_outcome_runs_nothing(
         app.tasks[airline["book"].name].apply(("dee", 5), task_id=f"{handle.id}:0")
     assert airline["runs"]["book"] == before
     assert rows() == [("dee", 5)]
+
+
+def test_the_readme_example_runs(durable: Durable, worker: Worker, store_url: str) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Exactly-once database steps") :]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start : section.index("\n```", start)]
+    scope: dict[str, Any] = {"durable": durable}
+    exec(compile(code, "README.md", "exec"), scope)  # the README's step, as shown
+    engine = sqlalchemy.create_engine(store_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bookings (flight TEXT, passenger TEXT)"))
+    engine.dispose()
+
+    @durable.workflow(name="tx.readme")
+    async def fly(ctx: WorkflowContext) -> list[int]:
+        return [
+            await ctx.step(scope["book_seat"], "LH123", "ann"),
+            await ctx.step(scope["book_seat"], "LH123", "bob"),
+        ]
+
+    with worker():
+        assert fly.delay().result(timeout=30) == [1, 2]
