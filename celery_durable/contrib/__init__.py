@@ -1,0 +1,1 @@
+"""Glue for frameworks around Celery (imported only by projects that use them)."""

@@ -1,0 +1,1 @@
+"""Orders: a model, an existing Celery task, and the workflow that places an order."""

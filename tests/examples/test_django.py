@@ -1,0 +1,116 @@
+"""examples/django_project, run as a Django project runs: ``migrate``, a real worker on
+Redis, settings from ``CELERY_DURABLE_*``, the journal in the project's own database
+(SQLite file or PostgreSQL), a workflow over an existing ``@shared_task`` and an
+exactly-once database step, and the console served under ``/durable/`` beside Django by
+the project's ASGI application."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = ROOT / "examples" / "django_project"
+
+SCRIPT = """
+import asyncio, json, os
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+
+import httpx
+from celery.contrib.testing.worker import start_worker
+from celery_durable import WorkflowFailed
+from orders.models import Order
+from orders.workflows import place_order
+from shop.celery import app, durable
+
+order = Order.objects.create(item="a book")
+with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+    handle = place_order.delay(order.id)
+    result = handle.result(timeout=60)
+    again = place_order.delay(order.id)
+    try:
+        again.result(timeout=60)
+        second = "completed"
+    except WorkflowFailed as failed:
+        second = failed.type
+order.refresh_from_db()
+
+from shop.asgi import application
+
+
+async def get(path):
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+        response = await client.get(path)
+        return response.status_code, response.text
+
+
+console = asyncio.run(get("/durable/"))
+api = asyncio.run(get("/durable/api/workflows"))
+page = asyncio.run(get(f"/orders/{order.id}/"))
+print(json.dumps({
+    "result": result,
+    "second": second,
+    "order": [order.status, order.confirmed],
+    "store": durable.settings.store,
+    "eta_max": durable.settings.eta_max,
+    "steps": handle.steps(),
+    "console": [console[0], 'href="/durable/workflows/' in console[1]],
+    "api": [api[0], sorted(w["id"] for w in json.loads(api[1])["workflows"])],
+    "ids": sorted([handle.id, again.id]),
+    "page": [page[0], json.loads(page[1])],
+}))
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "shop.sqlite3")
+    url: str = request.getfixturevalue("postgres_db_url")
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def test_the_django_project(tmp_path: Path, redis_url: str, database: str) -> None:
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(PROJECT), str(ROOT)]),
+        PYTHONWARNINGS="",
+        DJANGO_SETTINGS_MODULE="shop.settings",
+        SHOP_DATABASE=database,
+        CELERY_BROKER_URL=redis_url,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["result"] == f"confirmation sent for order {seen['page'][1]['id']}"
+    assert seen["second"] == "LookupError"  # reserved once: the second placement fails
+    assert seen["order"] == ["reserved", True]
+    assert seen["steps"] == ["reserve", "send_confirmation"]
+    if database.startswith("postgresql://"):
+        assert seen["store"].startswith("postgresql+psycopg://")
+    else:
+        assert seen["store"] == f"sqlite:///{database}"
+    assert seen["eta_max"] == 60.0  # CELERY_DURABLE_ETA_MAX
+    assert seen["console"] == [200, True]
+    assert seen["api"] == [200, seen["ids"]]
+    assert seen["page"] == [
+        200,
+        {"id": seen["page"][1]["id"], "status": "reserved", "confirmed": True},
+    ]
