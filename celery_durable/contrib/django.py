@@ -57,7 +57,9 @@ def database_url(database: Mapping[str, Any]) -> str:
     return f"{driver}://{credentials}{host}{port}/{quote(name, safe='')}"
 
 
-def asgi_with_console(django_app: Any, durable: Any, prefix: str = "/durable") -> Any:
+def asgi_with_console(
+    django_app: Any, durable: Any, prefix: str = "/durable", *, auth: str | None = None
+) -> Any:
     """The project's ASGI application with the celery_durable console under ``prefix``.
 
     In ``asgi.py``::
@@ -68,10 +70,14 @@ def asgi_with_console(django_app: Any, durable: Any, prefix: str = "/durable") -
         django_app: Django's ASGI application (``get_asgi_application()``).
         durable: the project's :class:`~celery_durable.Durable`.
         prefix: where the console is served (its links follow it).
+        auth: ``"user:password"`` or a token every console request must carry (see
+            :func:`celery_durable.web.create_app`); ``None`` leaves it open, so protect
+            ``prefix`` in front of the project then.
     """
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
     from celery_durable.web import create_app
 
-    return Starlette(routes=[Mount(prefix, app=create_app(durable)), Mount("/", app=django_app)])
+    console = create_app(durable, auth=auth)
+    return Starlette(routes=[Mount(prefix, app=console), Mount("/", app=django_app)])
