@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from celery_durable.cli_deploys import export, patches, replay_check
+from celery_durable.cli_metrics import metrics
 from celery_durable.client import HistoryEvent, WorkflowInfo
 from celery_durable.engine.journal import Failure, State, Status
 from celery_durable.errors import DurableError, WorkflowNotFound
@@ -332,3 +333,4 @@ durable.add_command(replay_check)
 durable.add_command(export)
 durable.add_command(patches)
 durable.add_command(web)
+durable.add_command(metrics)

@@ -295,10 +295,12 @@ def start(
     workflow_id: str | None = None,
     countdown: float | None = None,
     code_version: str | None = None,
+    trace_context: str | None = None,
 ) -> WorkflowHandle[Any]:
     """Create an instance (or find the existing one with that id) and wake its orchestrator.
 
-    ``code_version`` is stamped on the instance (the version of the code starting it).
+    ``code_version`` is stamped on the instance (the version of the code starting it);
+    ``trace_context`` is its OpenTelemetry trace (:mod:`celery_durable.telemetry.tracing`).
 
     Starting twice with one ``workflow_id`` returns the first run; the resume message is
     sent again only while that run has not made its first commit, which repairs a start
@@ -328,6 +330,7 @@ def start(
         # sends another.
         wake_at=now + delay if by_tick else now + delay + runtime.redrive_after,
         code_version=code_version,
+        trace_context=trace_context,
     )
     # The first pass runs here when it can: the instance is stored with its first
     # events in one statement and its first steps are sent from here (no resume hop).

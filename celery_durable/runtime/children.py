@@ -39,6 +39,7 @@ def waiting_children(events: Sequence[Event], codec: Codec) -> dict[str, StartCh
 def start_children(durable: Durable, parent: Instance, starts: Iterable[StartChild]) -> None:
     """Create each child instance (unless it exists) and wake its orchestrator."""
     now = durable.now()
+    tracing = durable.tracing
     for start in starts:
         known = durable.workflows.get(start.workflow)
         child = Instance(
@@ -53,6 +54,7 @@ def start_children(durable: Durable, parent: Instance, starts: Iterable[StartChi
             parent_id=parent.id,
             parent_close=start.parent_close,
             code_version=known.code_version if known is not None else None,
+            trace_context=tracing.child_run(parent, start.seq, now) if tracing else None,
         )
         stored, created = durable.store.create(child)
         if stored.parent_id != parent.id or stored.workflow != start.workflow:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import threading
 import uuid
 import weakref
@@ -38,6 +39,7 @@ from celery_durable.errors import (
     StoreError,
     WorkflowNotFound,
 )
+from celery_durable.runtime import observe
 from celery_durable.runtime.codec import KombuCodec, content_type
 from celery_durable.runtime.deploys import source_version
 from celery_durable.runtime.eager import EagerChain
@@ -57,6 +59,8 @@ from celery_durable.runtime.settings import Settings
 from celery_durable.runtime.steps import DurableStep, step_task_id
 from celery_durable.runtime.task_steps import PlainTaskSteps
 from celery_durable.stores.base import Store, open_store
+from celery_durable.telemetry.metrics import Metrics, load_metrics
+from celery_durable.telemetry.tracing import Tracing, load_tracing
 from celery_durable.views import undecoded_info
 
 logger = logging.getLogger("celery_durable")
@@ -155,6 +159,7 @@ class Workflow(Generic[P, R]):
                 f"workflow {self.name!r} cannot start with these arguments: {exc}. It takes "
                 f"{takes} after ctx; nothing was started"
             ) from None
+        tracing = self.durable.tracing
         handle: WorkflowHandle[R] = start(
             self.durable,
             self.name,
@@ -163,6 +168,9 @@ class Workflow(Generic[P, R]):
             workflow_id=workflow_id,
             countdown=countdown,
             code_version=self.code_version,
+            trace_context=(
+                tracing.new_run(self.name, workflow_id, self.durable.now()) if tracing else None
+            ),
         )
         return handle
 
@@ -211,6 +219,8 @@ class Durable:
         self._resume_task = self._register_resume_task()
         self._tick_task = self._register_tick_task()
         quiet_task_logs(TICK_TASK)  # the tick logs what it did, not Celery's two lines
+        observe.tag_task_logs()  # workflow id, run and seq on every library log record
+        self._telemetry: tuple[int, Tracing | None, Metrics | None] | None = None
         # A `celery worker` main process beats the step messages it holds (liveness.py).
         self._worker_beat: WorkerBeat | None = None
         worker_ready.connect(self._start_worker_beat, weak=False)
@@ -228,6 +238,27 @@ class Durable:
         if self._settings is None:
             self._settings = Settings.from_conf(self.app.conf)
         return self._settings
+
+    @property
+    def tracing(self) -> Tracing | None:
+        """The OpenTelemetry hooks (``durable_tracing``), or ``None`` when tracing is off.
+        Decided once per process, on first use (set the tracer provider before that)."""
+        return self._observers()[1]
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The Prometheus hooks (``durable_metrics``), or ``None`` when metrics are off."""
+        return self._observers()[2]
+
+    def _observers(self) -> tuple[int, Tracing | None, Metrics | None]:
+        observers = self._telemetry
+        pid = os.getpid()
+        if observers is None or observers[0] != pid:
+            # Per process: a prefork child sets its tracer provider after the fork.
+            settings = self.settings
+            observers = (pid, load_tracing(settings.tracing), load_metrics(settings.metrics))
+            self._telemetry = observers
+        return observers
 
     @property
     def store(self) -> Store:

@@ -22,6 +22,7 @@ from celery_durable.errors import (
     StoreError,
     WorkflowNotFound,
 )
+from celery_durable.runtime import observe
 from celery_durable.runtime.children import start_children, waiting_children
 from celery_durable.runtime.ids import step_task_id
 from celery_durable.runtime.live import LiveEntry, journal_after
@@ -182,7 +183,8 @@ def advance(
     # The pass takes the kept workflow out of the box once it uses it (or drops it).
     held: list[LiveEntry | None] = [durable.live.take(instance_id)]
     try:
-        _advance(durable, instance_id, outcome, journal, eager, held, keep)
+        with observe.log_context(instance_id):
+            _advance(durable, instance_id, outcome, journal, eager, held, keep)
     finally:
         if held[0] is not None:
             held[0].run.close()
@@ -366,6 +368,7 @@ def _advance(
                 kept.close()  # it has moved on past the journal the store holds
             continue
         faults.point(faults.AFTER_COMMIT)
+        observe.committed(durable, instance, events, commit, decision, wake.resend, now)
         after = journal_after(instance, events, commit) if kept or handed else None
         if kept is not None and after is not None and keep:
             durable.live.put(LiveEntry(kept, workflow.fn, *after, pending_from=start))
@@ -377,7 +380,8 @@ def _advance(
             decision.steps = [step for step in decision.steps if step is not handed]
         # Children whose creation a crash may have cut off are created (idempotently).
         lost = [s for s in decision.awaited_children if s.workflow_id not in children]
-        _publish(durable, instance, decision, wake, now, [*decision.children, *lost])
+        with observe.publishing(durable, instance):
+            _publish(durable, instance, decision, wake, now, [*decision.children, *lost])
         if decision.status.is_terminal and any(
             event.kind is Kind.CHILD for event in (*events, *new_events)
         ):
@@ -404,7 +408,9 @@ class FirstPass:
     def publish(self, durable: Durable) -> None:
         """Send the first pass's messages (the instance and its events are stored)."""
         faults.point(faults.AFTER_COMMIT)
-        _publish(durable, self.instance, self.decision, self.wake, self.now, [])
+        observe.first_committed(durable, self.instance)
+        with observe.publishing(durable, self.instance):
+            _publish(durable, self.instance, self.decision, self.wake, self.now, [])
 
 
 def first_pass(durable: Durable, instance: Instance) -> FirstPass | None:

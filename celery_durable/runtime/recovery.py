@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from celery_durable.engine.journal import Event, Kind
+from celery_durable.stores.due import oldest_due
 
 if TYPE_CHECKING:
     from celery_durable.runtime.durable import Durable
@@ -140,12 +141,15 @@ def recover(durable: Durable, limit: int | None = None) -> int:
     Returns:
         How many instances were sent a resume message.
     """
+    from celery_durable.runtime import observe  # (import cycle)
     from celery_durable.runtime.liveness import release_dead_workers  # (import cycle)
 
     # Steps whose messages a dead worker held unstarted come due now: claimed below.
     release_dead_workers(durable)
     sent = 0
     now = durable.now()
+    # How late this tick is (metrics on only): one probe of the due index.
+    late = oldest_due(durable.store, now) if durable.metrics is not None else None
     lease_until = now + timedelta(seconds=durable.settings.step_timeout)
     while limit is None or sent < limit:
         batch = CLAIM_BATCH if limit is None else min(CLAIM_BATCH, limit - sent)
@@ -158,4 +162,5 @@ def recover(durable: Durable, limit: int | None = None) -> int:
         sent += len(claimed)
         if len(claimed) < batch:
             break
+    observe.ticked(durable, late, now, sent)
     return sent

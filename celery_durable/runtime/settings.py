@@ -76,6 +76,12 @@ class Settings:
             each workflow's own version: a hash of its function's source. Shown by
             ``durable list`` / ``show``; ``durable list --version V`` filters on it.
             Recovery never skips an instance for its version.
+        tracing: OpenTelemetry spans for workflow runs, steps, timers, signal waits,
+            children and compensations (``durable_tracing``; needs the ``[otel]``
+            extra). ``None`` (the default): on in a process that has set an
+            OpenTelemetry tracer provider; ``True``: on; ``False``: off, at no cost.
+        metrics: Prometheus metrics (``durable_metrics``; the ``[metrics]`` extra).
+            ``None`` (the default): on when ``prometheus-client`` is installed.
     """
 
     store: str
@@ -94,6 +100,8 @@ class Settings:
     live_cache: int = 1000
     start_in_caller: bool = True
     code_version: str | None = None
+    tracing: bool | None = None
+    metrics: bool | None = None
 
     @classmethod
     def from_conf(cls, conf: Any) -> Settings:
@@ -160,8 +168,18 @@ class Settings:
                 f"tag or git sha), not {code_version!r}; leave it unset to stamp a hash of "
                 "each workflow's source"
             )
+        switches: dict[str, bool | None] = {}
+        for name in ("tracing", "metrics"):
+            switch = conf.get(f"durable_{name}")
+            if switch is not None and not isinstance(switch, bool):
+                raise ConfigurationError(
+                    f"durable_{name} must be True, False or None (automatic), not {switch!r}"
+                )
+            switches[name] = switch
         return cls(
             code_version=code_version,
+            tracing=switches["tracing"],
+            metrics=switches["metrics"],
             store=conf.get("durable_store") or DEFAULT_URL,
             queue=conf.get("durable_queue") or None,
             serializer=serializer,

@@ -45,6 +45,7 @@ from celery.exceptions import Ignore, Retry
 from celery_durable import faults
 from celery_durable.engine.journal import Failure, Kind
 from celery_durable.errors import StoreError, WorkflowNotFound
+from celery_durable.runtime import observe
 from celery_durable.runtime.eager import EagerChain
 from celery_durable.runtime.ids import parse_step_task_id, step_task_id
 from celery_durable.runtime.orchestrator import Loaded, StepOutcome
@@ -180,7 +181,10 @@ class DurableStep(Task):  # type: ignore[misc]
         # to come back must not look dead and be sent again.
         with durable.heartbeats.track(workflow_id, run, seq):
             try:
-                result = self.run(*args, **kwargs)
+                with observe.step_attempt(
+                    durable, journal, seq, self.name, started_at, self.request
+                ):
+                    result = self.run(*args, **kwargs)
             except Retry:
                 raise
             except Exception as exc:

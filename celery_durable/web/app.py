@@ -22,6 +22,7 @@ from celery_durable.runtime.durable import Durable
 from celery_durable.web import present
 from celery_durable.web.api import api_routes, json_response
 from celery_durable.web.errors import ConsoleError
+from celery_durable.web.metrics import metrics_routes
 from celery_durable.web.pages import page_routes, render
 from celery_durable.web.security import Auth, AuthMiddleware
 from celery_durable.web.timeline import duration
@@ -50,6 +51,7 @@ def create_app(durable: Durable, *, auth: str | None = None) -> Starlette:
         routes=[
             *api_routes(),
             *page_routes(),
+            *metrics_routes(),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[Middleware(AuthMiddleware, auth=credentials)],
