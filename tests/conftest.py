@@ -18,9 +18,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from rabbitmq_server import RabbitMQServer, start_rabbitmq
 from servers import (
     RunningServer,
     ServerNotAvailable,
@@ -31,8 +32,10 @@ from servers import (
 
 _database_numbers = itertools.count()
 
+Server = TypeVar("Server", RunningServer, RabbitMQServer)
 
-def _start(start: Callable[[], RunningServer]) -> RunningServer:
+
+def _start(start: Callable[[], Server]) -> Server:
     try:
         return start()
     except ServerNotAvailable as exc:
@@ -66,14 +69,32 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """``amqp://guest:guest@127.0.0.1:PORT//``: a throwaway RabbitMQ node for the session."""
+    with _start(start_rabbitmq) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each broker the runtime is tested on, in turn: Redis, then RabbitMQ."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
 # --------------------------------------------------------------------------- parallel runs
 
-#: Test paths (files or directories, relative to the repository) whose tests run in one
-#: worker, one file after another, in this order of priority. The crash tests kill and
-#: time subprocess workers: two groups of them beside each other is the most a run allows.
+#: Test paths (files, or directories ending in ``/``, relative to the repository) whose
+#: tests run in one worker, one file after another; the first match wins, and groups are
+#: handed out first, in this order. The crash tests kill subprocess workers and time their
+#: recovery: two groups of them (about 4 min each) is the most that runs at once. A new
+#: file under tests/chaos joins ``chaos-b``.
 SERIAL_GROUPS: dict[str, str] = {
-    "tests/chaos/test_soak.py": "chaos-soak",
-    "tests/chaos/": "chaos",
+    "tests/chaos/test_soak.py": "chaos-a",
+    "tests/chaos/test_worker_killed.py": "chaos-a",
+    "tests/chaos/test_timers_killed.py": "chaos-a",
+    "tests/chaos/": "chaos-b",
 }
 
 
