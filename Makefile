@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 # servers, so more processes than cores pay; tests/conftest.py says how files are grouped.
 TEST_WORKERS ?= 3
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: docs demo test lint typecheck unit bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	$(PY) -m mkdocs build --strict --quiet
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+# The documentation site (docs/, mkdocs.yml) into .site/, offline; warnings are errors.
+docs: $(VENV)/.installed
+	$(PY) -m mkdocs build --strict
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check . && $(PY) -m mypy
