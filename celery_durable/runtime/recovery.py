@@ -29,7 +29,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from celery_durable.engine.journal import Event, Kind
-from celery_durable.stores.due import oldest_due
 
 if TYPE_CHECKING:
     from celery_durable.runtime.durable import Durable
@@ -148,8 +147,11 @@ def recover(durable: Durable, limit: int | None = None) -> int:
     release_dead_workers(durable)
     sent = 0
     now = durable.now()
-    # How late this tick is (metrics on only): one probe of the due index.
-    late = oldest_due(durable.store, now) if durable.metrics is not None else None
+    late = None
+    if durable.metrics is not None:
+        from celery_durable.stores.due import oldest_due  # (SQLAlchemy: loaded by the store)
+
+        late = oldest_due(durable.store, now)  # how late this tick is: one index probe
     lease_until = now + timedelta(seconds=durable.settings.step_timeout)
     while limit is None or sent < limit:
         batch = CLAIM_BATCH if limit is None else min(CLAIM_BATCH, limit - sent)
