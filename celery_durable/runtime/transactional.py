@@ -19,13 +19,13 @@ from celery.exceptions import Retry
 from celery.utils.time import get_exponential_backoff_interval
 
 from celery_durable.errors import ConfigurationError, StoreError
-from celery_durable.stores.step_transactions import RetryStep, StepTransaction, StepTransactions
 
 if TYPE_CHECKING:
     from datetime import datetime
 
     from celery_durable.runtime.orchestrator import Loaded
     from celery_durable.runtime.steps import DurableStep
+    from celery_durable.stores.step_transactions import StepTransaction
 
 logger = logging.getLogger("celery_durable")
 
@@ -65,6 +65,10 @@ def run_transactional(
         Retry: Celery retries the step (nothing of this run was written).
         ConfigurationError: the store is not a SQL store.
     """
+    # Imported here: importing celery_durable must not load SQLAlchemy (it is loaded with
+    # the store, on first use).
+    from celery_durable.stores.step_transactions import RetryStep, StepTransactions
+
     durable = task.durable
     store = durable.store
     if not isinstance(store, StepTransactions):

@@ -365,8 +365,7 @@ def test_bad_inputs_are_clear_errors_that_store_nothing(durable: Durable, worker
     def takes(value: Any) -> Any:
         return value
 
-    @durable.app.task(name="plain", shared=False)
-    def plain() -> None:
+    def plain() -> None:  # a function, not a task
         return None
 
     @durable.workflow
@@ -394,11 +393,11 @@ def test_bad_inputs_are_clear_errors_that_store_nothing(durable: Durable, worker
 
         assert wf.delay("arg").result(timeout=30).startswith("caught: ")
 
-        # A plain task given to ctx.step is a bug in the workflow: it parks, not fails.
+        # A function given to ctx.step is a bug in the workflow: it parks, not fails.
         with pytest.raises(WorkflowStuck) as stuck:
             wf.delay("plain").result(timeout=30)
         assert stuck.value.type == "TypeError"
-        assert "@durable.step" in stuck.value.message
+        assert "for a local function use ctx.run()" in stuck.value.message
 
     with pytest.raises(TypeError, match=r"cannot start with these arguments"):
         wf.delay()  # type: ignore[call-arg]
