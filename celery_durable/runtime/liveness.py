@@ -9,8 +9,10 @@ running): as soon as a message is received (``task_received``; messages arriving
 :data:`BATCH` seconds share one write), when the set changes, and every
 ``durable_heartbeat_interval`` anyway. When the beats stop for as long as a running step's
 would, the tick releases its steps that never started (:func:`release_dead_workers`), and
-they are sent again within the same bound as a started one. What remains open is a
-worker killed within one write of receiving a message.
+they are sent again within the same bound as a started one. A worker killed within one
+write of receiving a message leaves a message no beat names: on Redis, the tick then puts
+such messages back in their queues from kombu's ``unacked`` hash (:mod:`.unacked`); on
+RabbitMQ the broker requeues a dead consumer's messages itself.
 """
 
 from __future__ import annotations
@@ -177,7 +179,14 @@ def release_dead_workers(durable: Durable) -> int:
     Returns:
         How many steps were released: each is sent again by its instance's next pass.
     """
+    from celery_durable.runtime.unacked import restore_unrecorded  # (import cycle)
+
     now = durable.now()
+    # Read before the dead rows go: a step some worker's beat named is released below, or
+    # held by a live worker; either way its message is not put back from the broker.
+    listed, any_dead = durable.store.held_steps(now - durable.silence_limit)
+    if not any_dead:
+        return 0  # most ticks: one read of the worker rows
     released = durable.store.release_dead_workers(
         silent_since=now - durable.silence_limit,
         overdue_at=now - durable.redrive_after,
@@ -188,6 +197,12 @@ def release_dead_workers(durable: Durable) -> int:
             "tick: %d step message(s) held by dead workers released; sending them again",
             released,
         )
+    try:
+        # Messages a dead worker received within one write of its death: no beat named
+        # them (Redis only; RabbitMQ gives a dead consumer's messages back by itself).
+        released += restore_unrecorded(durable, listed)
+    except Exception as exc:  # the broker out of reach: the step timeout still bounds it
+        logger.warning("tick: cannot look at the broker's unacked messages (%s)", exc)
     return released
 
 

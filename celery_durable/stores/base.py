@@ -259,6 +259,11 @@ class Store(Protocol):
         """Remove the row of a worker that stopped cleanly."""
         ...
 
+    def held_steps(self, silent_since: datetime) -> tuple[set[tuple[str, int, int]], bool]:
+        """The ``(instance_id, run, seq)`` steps every worker row lists (its worker alive
+        or not), and whether any worker's beats stopped before ``silent_since``."""
+        ...
+
     def release_dead_workers(
         self, silent_since: datetime, overdue_at: datetime, wake_by: datetime
     ) -> int:

@@ -47,6 +47,18 @@ class WorkerRegistry(SQLConnections):
         with self._transaction(write=True) as conn:
             conn.execute(delete(workers).where(workers.c.worker_id == worker_id))
 
+    def held_steps(self, silent_since: datetime) -> tuple[set[Held], bool]:
+        """The steps every worker row lists (its worker alive or not), and whether any
+        worker's beats stopped before ``silent_since`` (one read of the worker rows)."""
+        silent_since = aware(silent_since, "silent_since")
+        held: set[Held] = set()
+        dead = False
+        with self._read() as conn:
+            for beat_at, reserved in conn.execute(select(workers.c.beat_at, workers.c.reserved)):
+                dead = dead or beat_at < silent_since
+                held.update((i, r, s) for i, r, s in json.loads(reserved))
+        return held, dead
+
     def release_dead_workers(
         self, silent_since: datetime, overdue_at: datetime, wake_by: datetime
     ) -> int:

@@ -53,7 +53,11 @@ class TestPostgreSQL(StoreContract):
         store = self.store_class(url)
         store.list()  # creates the schema on the first test
         with contract_database.begin() as conn:
-            conn.execute(sa.text("TRUNCATE durable_signals, durable_events, durable_instances"))
+            conn.execute(
+                sa.text(
+                    "TRUNCATE durable_signals, durable_events, durable_instances, durable_workers"
+                )
+            )
         yield store
         store.close()
 

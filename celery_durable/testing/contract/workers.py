@@ -27,7 +27,7 @@ def _running(store: Store, instance_id: str, events: int = 2) -> None:
 
 
 class WorkerContract:
-    """beat_worker, forget_worker, release_dead_workers."""
+    """beat_worker, forget_worker, held_steps, release_dead_workers."""
 
     def test_a_dead_workers_unstarted_steps_are_released(self, store: Store) -> None:
         _running(store, "wf-held")
@@ -80,3 +80,15 @@ class WorkerContract:
             )
         )
         assert store.release_dead_workers(T0 + timedelta(seconds=30), T0, LATER) == 0
+
+    def test_held_steps_names_every_row_and_whether_one_is_dead(self, store: Store) -> None:
+        assert store.held_steps(T0) == (set(), False)
+        store.beat_worker("w-old", T0, [("wf-a", 1, 0)])
+        store.beat_worker("w-new", LATER, [("wf-b", 2, 3), ("wf-c", 1, 0)])
+
+        held, dead = store.held_steps(T0 + timedelta(seconds=1))
+        assert held == {("wf-a", 1, 0), ("wf-b", 2, 3), ("wf-c", 1, 0)}
+        assert dead is True
+        assert store.held_steps(T0)[1] is False  # beat at the limit: alive
+        store.forget_worker("w-old")
+        assert store.held_steps(LATER) == ({("wf-b", 2, 3), ("wf-c", 1, 0)}, False)
