@@ -18,9 +18,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from rabbitmq_server import RabbitMQServer, start_rabbitmq
 from servers import (
     RunningServer,
     ServerNotAvailable,
@@ -31,8 +32,10 @@ from servers import (
 
 _database_numbers = itertools.count()
 
+Server = TypeVar("Server", RunningServer, RabbitMQServer)
 
-def _start(start: Callable[[], RunningServer]) -> RunningServer:
+
+def _start(start: Callable[[], Server]) -> Server:
     try:
         return start()
     except ServerNotAvailable as exc:
@@ -64,6 +67,20 @@ def redis_url() -> Iterator[str]:
     """``redis://127.0.0.1:PORT/0``: a non-persistent Redis server for the session."""
     with _start(start_redis) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """``amqp://guest:guest@127.0.0.1:PORT//``: a throwaway RabbitMQ node for the session."""
+    with _start(start_rabbitmq) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each broker the runtime is tested on, in turn: Redis, then RabbitMQ."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 # --------------------------------------------------------------------------- parallel runs

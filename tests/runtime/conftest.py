@@ -1,4 +1,5 @@
-"""Runtime fixtures: a fresh Celery app per test on the real Redis broker, a real worker.
+"""Runtime fixtures: a fresh Celery app per test on a real broker (Redis, then RabbitMQ),
+a real worker.
 
 Each app gets its own queue names, so tests never see each other's messages, and its own
 store (a SQLite file by default; ``store_url`` is parametrized to PostgreSQL where a test
@@ -25,11 +26,36 @@ def store_url(tmp_path: Any) -> str:
     return f"sqlite:///{tmp_path}/journal.sqlite3"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "broker(name): the test is about that broker only (its Redis keys, say); its "
+        "run on the other broker is deselected",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect a ``@pytest.mark.broker("redis")`` test's runs on the other brokers."""
+    keep, drop = [], []
+    for item in items:
+        mark = item.get_closest_marker("broker")
+        callspec = getattr(item, "callspec", None)
+        broker = callspec.params.get("broker_url") if callspec is not None else None
+        if mark is not None and broker is not None and broker != mark.args[0]:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture
-def app(redis_url: str, store_url: str) -> Iterator[Celery]:
-    """A Celery app on the real Redis broker, with queues of its own."""
+def app(broker_url: str, store_url: str) -> Iterator[Celery]:
+    """A Celery app on a real broker (each test runs on Redis and on RabbitMQ), with
+    queues of its own."""
     name = f"t{uuid.uuid4().hex[:8]}"
-    app = Celery(name, broker=redis_url, set_as_current=False)
+    app = Celery(name, broker=broker_url, set_as_current=False)
     app.conf.update(
         task_default_queue=f"{name}-default",
         durable_store=store_url,
@@ -37,6 +63,11 @@ def app(redis_url: str, store_url: str) -> Iterator[Celery]:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    if broker_url.startswith("amqp"):
+        # Celery's in-process test worker stops when its event loop's poll returns, and
+        # the AMQP heartbeat timer (every 60 s by default) paces that poll: without a
+        # shorter heartbeat, every `with worker():` takes 10 s to exit.
+        app.conf.broker_heartbeat = 4
     yield app
     app.close()
 

@@ -56,6 +56,7 @@ def test_celery_retries_longer_than_the_step_timeout_are_not_sent_again(
     assert handle.history()[0].attempts == 3
 
 
+@pytest.mark.broker("redis")  # inspects the Redis queue
 def test_an_unknown_workflow_waits_with_one_resume_at_a_time(
     app: Celery, durable: Durable, worker: Any, redis_url: str
 ) -> None:

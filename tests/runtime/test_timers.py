@@ -75,6 +75,7 @@ def test_short_timer_fires_once_never_early(durable: Durable, worker: Any) -> No
     assert [e.state.value for e in handle.history()] == ["completed"] * 3
 
 
+@pytest.mark.broker("redis")  # inspects the Redis queue
 def test_long_timer_lives_in_the_store_and_the_tick_fires_it(
     durable: Durable, worker: Any, redis_url: str
 ) -> None:
@@ -106,6 +107,7 @@ def test_long_timer_lives_in_the_store_and_the_tick_fires_it(
     assert fire_at <= timer.completed_at <= fire_at + timedelta(seconds=5)
 
 
+@pytest.mark.broker("redis")  # inspects the Redis queue
 def test_no_broker_message_carries_an_eta_beyond_eta_max(
     durable: Durable, worker: Any, redis_url: str
 ) -> None:
@@ -158,6 +160,7 @@ def test_schedule_runs_a_year_in_seconds_with_the_testing_clock(
     assert all(t.completed_at and t.completed_at >= t.args[0] for t in timers)
 
 
+@pytest.mark.broker("redis")  # inspects the Redis queue
 def test_lost_start_message_is_recovered_by_the_tick(
     durable: Durable, worker: Any, redis_url: str, app: Celery
 ) -> None:
