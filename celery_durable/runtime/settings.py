@@ -24,7 +24,9 @@ class Settings:
         eta_max: the longest wait, in seconds, sent to the broker as a message with an
             ETA (``durable_eta_max``, default 300). Longer timers are kept only in the
             store and fired by the tick. Must stay below the broker's visibility timeout,
-            or Redis/SQS would deliver those messages again and again.
+            or Redis/SQS would deliver those messages again and again, and below
+            RabbitMQ's ``consumer_timeout`` (30 minutes by default; checked), or RabbitMQ
+            would close the channel holding them.
         tick_interval: seconds between two ticks (``durable_tick_interval``, default 5),
             the beat-driven task that fires due timers and recovers lost messages.
         step_timeout: seconds a step (or a resume) message may wait unstarted before it is
@@ -153,6 +155,7 @@ class Settings:
                 "timers then live in the store and the tick fires them) or raise "
                 "broker_transport_options['visibility_timeout']"
             )
+        _check_consumer_timeout(conf, numbers["eta_max"])
         start_in_caller = conf.get("durable_start_in_caller")
         if start_in_caller is not None and not isinstance(start_in_caller, bool):
             raise ConfigurationError(
@@ -187,6 +190,37 @@ class Settings:
             start_in_caller=cls.start_in_caller if start_in_caller is None else start_in_caller,
             **counts,
             **numbers,
+        )
+
+
+RABBITMQ_CONSUMER_TIMEOUT = 1800.0
+"""RabbitMQ's default ``consumer_timeout`` (30 minutes, since 3.8.15)."""
+
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
+
+
+def _check_consumer_timeout(conf: Any, eta_max: float) -> None:
+    """On RabbitMQ, ``durable_eta_max`` must stay below the server's ``consumer_timeout``.
+
+    A worker holds an ETA message unacked until it is due; RabbitMQ closes the channel of
+    a consumer that holds a delivery longer than ``consumer_timeout`` (the worker then
+    reconnects and every message it held is delivered again). The server's value is not
+    visible to the client: it is taken as RabbitMQ's default, 30 minutes, unless
+    ``broker_transport_options["consumer_timeout"]`` (seconds) says otherwise.
+    """
+    url = str(conf.get("broker_url") or conf.get("broker_write_url") or "")
+    if url.split("://", 1)[0].split("+")[0].lower() not in _AMQP_SCHEMES:
+        return
+    options = conf.get("broker_transport_options") or {}
+    timeout = options.get("consumer_timeout", RABBITMQ_CONSUMER_TIMEOUT)
+    if eta_max >= float(timeout):
+        raise ConfigurationError(
+            f"durable_eta_max ({eta_max:g} s) must be well below RabbitMQ's consumer_timeout "
+            f"({float(timeout):g} s): a worker holds an ETA message unacked until it is due, "
+            "and RabbitMQ closes the channel of a consumer that holds one longer, so every "
+            "message it held is delivered again. Lower durable_eta_max (longer timers then "
+            "live in the store and the tick fires them), or, if the server's consumer_timeout "
+            "is higher, say so in broker_transport_options['consumer_timeout'] (seconds)"
         )
 
 

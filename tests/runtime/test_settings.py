@@ -65,3 +65,20 @@ def test_the_default_code_version_is_a_hash_of_the_source() -> None:
     assert len(workflow.code_version) == 12
     assert int(workflow.code_version, 16) >= 0
     assert changed.code_version != workflow.code_version
+
+
+def _amqp_conf(**values: object) -> object:
+    app = Celery("settings", broker="amqp://guest@localhost//", set_as_current=False)
+    app.conf.update(values)
+    return app.conf
+
+
+def test_eta_max_stays_below_rabbitmqs_consumer_timeout() -> None:
+    assert Settings.from_conf(_amqp_conf()).eta_max == 300.0
+    with pytest.raises(ConfigurationError, match=r"below RabbitMQ's consumer_timeout \(1800 s\)"):
+        Settings.from_conf(_amqp_conf(durable_eta_max=1800))
+    told = _amqp_conf(durable_eta_max=1800, broker_transport_options={"consumer_timeout": 7200})
+    assert Settings.from_conf(told).eta_max == 1800.0
+    redis_app = Celery("settings", broker="redis://localhost", set_as_current=False)
+    redis_app.conf.durable_eta_max = 1800
+    assert Settings.from_conf(redis_app.conf).eta_max == 1800.0
