@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from servers import create_database
 
+from smoke.conftest import COMMAND
 from smoke.scenarios import SCENARIOS, ClientDeployment, Deployment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,3 +101,8 @@ def _on_worker(env: dict[str, str], cwd: Path) -> Callable[[Sequence[str]], str]
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda scenario: scenario.__name__)
 def test_scenario(deployment: Deployment, scenario: Callable[[Deployment], None]) -> None:
     scenario(deployment)
+
+
+def test_the_readme_shows_the_container_suite_command() -> None:
+    """The command the skipped container tests name is the one the README shows."""
+    assert f"\n{COMMAND}\n" in (ROOT / "README.md").read_text()
