@@ -11,6 +11,11 @@ workflow, the journal's audit trail and the run log (``tests/chaos/verdict.py`` 
 ``tests/chaos/losses_and_runs.py``) and prints the figures::
 
     python bench/chaos.py --duration 600 [--seed 1] [--generic-store] [--keep DIR]
+                         [--broker redis|rabbitmq]
+
+With ``--broker rabbitmq`` a throwaway RabbitMQ node (``tests/rabbitmq_server.py``) is the
+broker, and its crash (SIGKILL, started again on its data) takes the place of Redis's
+loss among the faults.
 
 Exits 1 if any check failed.
 """
@@ -18,6 +23,7 @@ Exits 1 if any check failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import tempfile
@@ -27,8 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from chaos.soak import FAULTS, run_soak  # noqa: E402
+from chaos.soak import Broker, broker_faults, run_soak  # noqa: E402
 from chaos.verdict import judge_run  # noqa: E402
+from rabbitmq_server import start_rabbitmq  # noqa: E402
 from servers import start_postgres_restartable, start_redis_restartable  # noqa: E402
 
 
@@ -47,10 +54,16 @@ def main() -> int:
         help="write the run log, the effects and every worker's log here and keep them "
         "(default: a temporary directory, removed at the end)",
     )
+    parser.add_argument(
+        "--broker",
+        choices=("redis", "rabbitmq"),
+        default="redis",
+        help="the broker (default: redis)",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    faults = [f for f in FAULTS if f != "none"]
     deadline = time.monotonic() + args.duration
+    faults: list[str] = []
 
     def next_fault(number: int) -> str | None:
         if number > 1 and time.monotonic() > deadline:
@@ -61,13 +74,19 @@ def main() -> int:
 
     with (
         tempfile.TemporaryDirectory(prefix="celery-durable-soak-") as tmp,
-        start_redis_restartable() as redis,
+        contextlib.ExitStack() as servers,
         start_postgres_restartable(durable=True) as postgres,
     ):
+        broker: Broker
+        if args.broker == "rabbitmq":
+            broker = servers.enter_context(start_rabbitmq())
+        else:
+            broker = servers.enter_context(start_redis_restartable())
+        faults[:] = [f for f in broker_faults(broker) if f != "none"]
         root = args.keep or Path(tmp) / "soak"
         run = run_soak(
             root,
-            redis,
+            broker,
             postgres,
             postgres.url,
             next_fault,

@@ -25,7 +25,10 @@ from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-ROLES = ("bench", "postgres", "redis", "worker main", "worker pool")
+ROLES = ("bench", "postgres", "redis", "rabbitmq", "worker main", "worker pool")
+#: A child of the benchmark whose whole tree is one role (RabbitMQ: its launcher, `su`,
+#: then the Erlang VM, `beam.smp`, as the `rabbitmq` user).
+SERVERS = {"postgres": "postgres", "redis-server": "redis", "rabbitmq-server": "rabbitmq"}
 WORKER_STOP_TIMEOUT = 60.0
 
 # --------------------------------------------------------------------------- /proc
@@ -81,8 +84,8 @@ def run_time(proc: Proc) -> float:
 class Cpu:
     """CPU seconds used so far, by this run's processes (by role) and by the machine.
 
-    The roles: this script (``bench``), the PostgreSQL and Redis servers it started
-    (every process of their trees), and one worker's main process and pool processes.
+    The roles: this script (``bench``), the PostgreSQL, Redis and RabbitMQ servers it
+    started (every process of their trees), and one worker's main process and pool processes.
     Other children of this script (another, idle worker) are left out.
     """
 
@@ -107,8 +110,8 @@ class Cpu:
                 roles["bench"] += spent
             elif top.pid == worker:
                 roles["worker main" if proc.pid == worker else "worker pool"] += spent
-            elif top.name in ("postgres", "redis-server"):
-                roles[top.name.removesuffix("-server")] += spent
+            elif top.name in SERVERS:
+                roles[SERVERS[top.name]] += spent
         with open("/proc/stat") as stat:
             ticks = [int(field) for field in stat.readline().split()[1:]]
         idle = ticks[3] + ticks[4]  # idle + iowait

@@ -18,13 +18,22 @@ the chain's ``hop``, prefetch 1 and ``acks_late``) and one for
   that has it is found (``--peer-python``; ``bench/saga_peer.py``).
 
     python bench/throughput.py [--workflows 50] [--steps 20] [--concurrency 2]
+                               [--broker redis|rabbitmq|both] [--rounds 1]
 
 The last line is the ratio durable/chain of steps per second (all-at-once runs).
+
+``--broker rabbitmq`` runs it all with a throwaway RabbitMQ node as the broker
+(``tests/rabbitmq_server.py``; Redis stays the chain's result backend, PostgreSQL the
+store; celery-saga is measured on Redis only). ``--broker both`` runs this script once
+per broker, one after the other (``--rounds`` times, the order alternating), each with
+servers and workers of its own, and ends with a table of both and RabbitMQ / Redis.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -38,18 +47,25 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from rabbitmq_server import start_rabbitmq  # noqa: E402
 from servers import start_postgres, start_redis  # noqa: E402
 
 from bench.harness import Cpu, Worker, stop_all, time_limit  # noqa: E402
 
 PEER_PYTHON = "/tmp/peervenv/bin/python"
 PEERS_RUN = "../shared/peers/run_all.sh"
+CHAIN_D = "chain (Celery defaults)"
 
 
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15-minute load averages (other jobs share it)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main() -> None:
@@ -64,16 +80,33 @@ def main() -> None:
         "--peer-python", default=PEER_PYTHON, help="an interpreter with celery-saga 0.1.1"
     )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds for the run")
+    parser.add_argument(
+        "--broker",
+        choices=("redis", "rabbitmq", "both"),
+        default="redis",
+        help="the broker: Redis, RabbitMQ, or both, one run each (default: redis)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="with --broker both: runs per broker")
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # for --broker both
     opts = parser.parse_args()
+    if opts.broker == "both":
+        both(opts)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="celery-durable-bench-"))
-    with start_redis() as redis, start_postgres(durable=True) as pg:
+    with contextlib.ExitStack() as servers:
+        redis = servers.enter_context(start_redis())
+        pg = servers.enter_context(start_postgres(durable=True))
+        broker = redis.url
+        if opts.broker == "rabbitmq":
+            broker = servers.enter_context(start_rabbitmq()).url
         os.environ.update(
-            BENCH_BROKER=redis.url,
+            BENCH_BROKER=broker,
             BENCH_BACKEND=redis.url.rsplit("/", 1)[0] + "/1",
             BENCH_STORE=pg.url,
             PYTHONPATH=str(ROOT),
         )
+        print(f"broker: {opts.broker}; load average before: {load_average()}", flush=True)
         pool = ["--pool=prefork", f"--concurrency={opts.concurrency}"]
         workers: list[Worker] = []
         failed = True
@@ -81,15 +114,72 @@ def main() -> None:
             workers.append(Worker("bench.bench_app", "durable", tmp, pool))
             workers.append(Worker("bench.bench_app_defaults", "defaults", tmp, pool))
             with time_limit(opts.timeout, "bench/throughput.py"):
-                run(opts, workers[0], workers[1], tmp)
+                figures = run(opts, workers[0], workers[1], tmp)
             failed = False
         finally:
             stop_all(workers, failed)
             if failed:
                 print(f"worker logs in {tmp}", file=sys.stderr)
+        figures["load average"] = [load_average()]
+        print(f"load average after: {load_average()}", flush=True)
+        if opts.json is not None:
+            opts.json.write_text(json.dumps(figures))
 
 
-def run(opts: argparse.Namespace, worker: Worker, defaults: Worker, tmp: Path) -> None:
+#: The figures ``--broker both`` compares: (label, key in a run's figures, unit); a
+#: higher figure is better for steps/s only.
+COMPARED = (
+    ("steps/s, chain, one at a time", "chain, one at a time", "steps/s"),
+    ("steps/s, durable, one at a time", "durable, one at a time", "steps/s"),
+    ("steps/s, chain (Celery defaults), one at a time", f"{CHAIN_D}, one at a time", "steps/s"),
+    ("steps/s, chain, all at once", "chain, all at once", "steps/s"),
+    ("steps/s, durable, all at once", "durable, all at once", "steps/s"),
+    ("steps/s, chain (Celery defaults), all at once", f"{CHAIN_D}, all at once", "steps/s"),
+    ("latency median, bare task", "latency bare", "ms"),
+    ("latency median, 1-step workflow", "latency durable", "ms"),
+    ("CPU per step one at a time, chain", "cpu chain", "ms"),
+    ("CPU per step one at a time, durable", "cpu durable", "ms"),
+    ("saga of 20, start to 19 compensations done", "saga", "ms"),
+    ("ratio durable / chain, one at a time", "ratio one at a time", "x"),
+    ("ratio durable / chain, all at once", "ratio all at once", "x"),
+    ("ratio durable / chain (Celery defaults), all at once", "ratio defaults all at once", "x"),
+    ("latency ratio durable / bare", "latency ratio", "x"),
+    ("CPU ratio durable / chain", "cpu ratio", "x"),
+)
+
+
+def both(opts: argparse.Namespace) -> None:
+    """Run this script once per broker (``--rounds`` times, alternating), then compare."""
+    figures: dict[str, list[dict[str, Any]]] = {"redis": [], "rabbitmq": []}
+    order = ["redis", "rabbitmq"]
+    tmp = Path(tempfile.mkdtemp(prefix="celery-durable-bench-both-"))
+    args = [a for a in sys.argv[1:] if not a.startswith("--broker") and a != "both"]
+    for number in range(opts.rounds):
+        for broker in order if number % 2 == 0 else order[::-1]:
+            out = tmp / f"{broker}-{number}.json"
+            print(f"=== round {number + 1}, {broker} ===", flush=True)
+            subprocess.run(
+                [sys.executable, __file__, *args, "--broker", broker, "--json", str(out)],
+                check=True,
+            )
+            figures[broker].append(json.loads(out.read_text()))
+    print(f"=== Redis and RabbitMQ, {opts.rounds} run(s) each, alternating ===")
+    for label, key, unit in COMPARED:
+        values = {
+            b: [f[key] for f in runs if f.get(key) is not None] for b, runs in figures.items()
+        }
+        if not all(values.values()):
+            continue
+        redis, rabbit = (statistics.median(values[b]) for b in order)
+        shown = "  ".join(f"{b} " + " / ".join(f"{v:.2f}" for v in values[b]) for b in order)
+        print(f"{label:<54} {shown} {unit}; RabbitMQ / Redis {rabbit / redis:.2f}x")
+    for broker in order:
+        loads = ", ".join(f["load average"][0] for f in figures[broker])
+        print(f"load average after each {broker} run: {loads}")
+
+
+def run(opts: argparse.Namespace, worker: Worker, defaults: Worker, tmp: Path) -> dict[str, Any]:
+    """Measure; print every figure, and return them (for ``--broker both``)."""
     from celery import chain
 
     from bench.bench_app import durable, hop, steps
@@ -138,7 +228,7 @@ def run(opts: argparse.Namespace, worker: Worker, defaults: Worker, tmp: Path) -
     total = n * wfs
     rows: dict[str, float] = {}
     cpu: dict[str, tuple[Cpu, Cpu]] = {}
-    chain_d = "chain (Celery defaults)"
+    chain_d = CHAIN_D
     for label, fn, measured in (
         ("chain, one at a time", serial(bare_chain), worker),
         ("durable, one at a time", durable_serial, worker),
@@ -172,11 +262,12 @@ def run(opts: argparse.Namespace, worker: Worker, defaults: Worker, tmp: Path) -
         print(f"{label}, one at a time: {end.since(start, total, 'step')}")
     print(
         "  (CPU from /proc: threads' schedstat run time + reaped children's cutime+cstime, "
-        "of this script, the measured worker's main and pool processes, redis-server and "
-        "every PostgreSQL process; the other worker, idle, left out)"
+        "of this script, the measured worker's main and pool processes, redis-server, "
+        "RabbitMQ's node (with --broker rabbitmq) and every PostgreSQL process; the other "
+        "worker, idle, left out)"
     )
 
-    saga(opts, tmp)
+    saga_ms = saga(opts, tmp)
 
     print(
         f"CPU per step, one at a time: {chain_d} {ms[chain_d]:.2f} ms, durable "
@@ -204,10 +295,25 @@ def run(opts: argparse.Namespace, worker: Worker, defaults: Worker, tmp: Path) -
         f"ratio durable/chain steps/s: "
         f"{rows['durable, all at once'] / rows['chain, all at once']:.2f}x"
     )
+    return {
+        **rows,
+        "latency bare": statistics.median(bare),
+        "latency durable": statistics.median(one),
+        "cpu chain": ms["chain"],
+        "cpu durable": ms["durable"],
+        "saga": saga_ms,
+        "ratio one at a time": rows["durable, one at a time"] / rows["chain, one at a time"],
+        "ratio all at once": rows["durable, all at once"] / rows["chain, all at once"],
+        "ratio defaults all at once": rows["durable, all at once"]
+        / rows[f"{chain_d}, all at once"],
+        "latency ratio": statistics.median(one) / statistics.median(bare),
+        "cpu ratio": ms["durable"] / ms["chain"],
+    }
 
 
-def saga(opts: argparse.Namespace, tmp: Path) -> None:
-    """The saga whose last step fails, here and (when it can run) in celery-saga."""
+def saga(opts: argparse.Namespace, tmp: Path) -> float:
+    """The saga whose last step fails, here and (when it can run) in celery-saga; returns
+    our median (ms)."""
     from bench.bench_app import saga_fails_last, undo
     from celery_durable import WorkflowFailed
 
@@ -237,13 +343,17 @@ def saga(opts: argparse.Namespace, tmp: Path) -> None:
         f"{ours:.1f} ms (min {min(times):.1f}, max {max(times):.1f}, {len(times)} runs; "
         "client polls the store every 2 ms)"
     )
+    if opts.broker != "redis":
+        print("celery-saga: measured with --broker redis only (its state lives in Redis)")
+        return ours
     peer = saga_peer(opts, tmp)
     if peer is None:
-        return
+        return ours
     print(
         f"saga {n} steps, {n}th fails, celery-saga 0.1.1 (Celery defaults, state in "
         f"Redis): median {peer:.1f} ms; ratio celery_durable/celery-saga {ours / peer:.2f}x"
     )
+    return ours
 
 
 def saga_peer(opts: argparse.Namespace, tmp: Path) -> float | None:

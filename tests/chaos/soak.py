@@ -19,6 +19,10 @@ signal workflow its two signals at random moments, injects one fault at a random
   and requeues its message (``reject_on_worker_lost``);
 * ``redis_loss``: Redis SIGKILLed and restarted empty after a second (no persistence:
   every queued, scheduled and unacked message is gone);
+* ``rabbitmq_restart`` (when RabbitMQ is the broker, in place of ``redis_loss``): the
+  node SIGKILLed and started again a second later on its data (Celery declares its
+  queues durable and publishes persistent messages: what the node had written to disk
+  comes back, unacked messages ready again; what it had not, is lost);
 * ``postgres_restart``: PostgreSQL immediate shutdown, restarted two seconds later (crash
   recovery on start);
 * ``duplicates``: every task message published twice for the whole round, the copy up to
@@ -30,8 +34,9 @@ signal workflow its two signals at random moments, injects one fault at a random
 Two beats run all the time (two ticks at once). ``chaos.verdict`` then checks everything
 the journal, the audit trail and the run log say, and prints the figures.
 
-Shared by ``tests/chaos/test_soak.py`` (one round per fault, in CI) and ``bench/chaos.py``
-(the same rounds for as long as ``--duration`` says).
+Shared by ``tests/chaos/test_soak.py`` (one round per fault, in CI, and a few rounds with
+RabbitMQ as the broker) and ``bench/chaos.py`` (the same rounds for as long as
+``--duration`` says, with ``--broker redis|rabbitmq``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from typing import Any
 import psutil
 import redis as redis_client
 from kombu.exceptions import OperationalError
+from rabbitmq_server import RabbitMQServer
 from servers import PostgresServer, RedisServer
 
 from celery_durable import WorkflowIdConflict, faults
@@ -73,6 +79,19 @@ FAULTS = (
     "duplicates",
     *(f"crash:{point}" for point in faults.POINTS),
 )
+
+#: The faults with RabbitMQ as the broker: the node's crash and restart on its data in
+#: place of Redis's loss.
+RABBITMQ_FAULTS = tuple("rabbitmq_restart" if f == "redis_loss" else f for f in FAULTS)
+
+#: What a soak runs on: Redis (restarted empty) or RabbitMQ (restarted on its data).
+Broker = RedisServer | RabbitMQServer
+
+
+def broker_faults(broker: Broker) -> tuple[str, ...]:
+    """The faults a soak on ``broker`` injects (:data:`FAULTS` or :data:`RABBITMQ_FAULTS`)."""
+    return RABBITMQ_FAULTS if isinstance(broker, RabbitMQServer) else FAULTS
+
 
 #: How long a worker-kill fault may wait for a short step of ``mix.short_steps`` to be
 #: running, so that it hits one (a chain of 0.3 s steps: one runs most of the time).
@@ -116,7 +135,8 @@ class Round:
     """The processes a worker-kill fault SIGKILLed."""
     id_checks: list[IdCheck] = field(default_factory=list)
     lost_messages: int = 0
-    """Messages in Redis (queued or unacked) when it was killed."""
+    """Messages in Redis (queued or unacked) when it was killed (RabbitMQ's node comes
+    back with its messages: its count is in ``fault_note``)."""
     stuck: int = 0
     """Instances the bad deploy parked as stuck (all retried after the rollback)."""
     ended_at: float | None = None
@@ -128,6 +148,8 @@ class SoakRun:
     """Everything the run did, for ``verdict``."""
 
     config: MixConfig
+    broker: str = "Redis"
+    """``"Redis"`` or ``"RabbitMQ"``."""
     rounds: list[Round] = field(default_factory=list)
     unexpected_exits: list[str] = field(default_factory=list)
     started: float = 0.0
@@ -158,18 +180,18 @@ class Soak:
     def __init__(
         self,
         root: Path,
-        redis: RedisServer,
+        broker: Broker,
         postgres: PostgresServer,
         store_url: str,
         *,
         seed: int = 0,
         generic_store: bool = False,
     ) -> None:
-        self.redis = redis
+        self.broker = broker
         self.postgres = postgres
         self.rng = random.Random(seed)
         self.config = MixConfig(
-            broker=redis.url,
+            broker=broker.url,
             store=store_url,
             queue=f"mix-{uuid.uuid4().hex[:8]}",
             root=root,
@@ -179,7 +201,9 @@ class Soak:
         self.mix.durable.store.get("-")  # creates the schema before the audit and the workers
         install_audit(store_url)
         self.cluster = Cluster(root, self.config.env(), app_module="chaos.mix_worker")
-        self.run = SoakRun(self.config)
+        self.run = SoakRun(
+            self.config, "RabbitMQ" if isinstance(broker, RabbitMQServer) else "Redis"
+        )
         self._names = (f"w{i}" for i in range(1, 1_000_000))
 
     # ------------------------------------------------------------------ processes
@@ -287,15 +311,28 @@ class Soak:
             rnd.fault_at, rnd.killed_pids = now, (pid,)
             rnd.fault_note = f"killed pool child {pid}" + (f" (running {label})" if label else "")
         elif fault == "redis_loss":
-            messages = _broker_messages(self.redis.url)
-            self.redis.kill()
+            assert isinstance(self.broker, RedisServer), "redis_loss needs Redis"
+            messages = _broker_messages(self.broker.url)
+            self.broker.kill()
             time.sleep(1.0)
-            self.redis.start()
+            self.broker.start()
             rnd.fault_at = now
             rnd.lost_messages = messages
             rnd.fault_note = (
                 f"Redis SIGKILLed with {messages} messages queued or unacked, "
                 "restarted empty 1 s later"
+            )
+        elif fault == "rabbitmq_restart":
+            assert isinstance(self.broker, RabbitMQServer), "rabbitmq_restart needs RabbitMQ"
+            ready = _rabbitmq_ready(self.broker.url, self.config.queue)
+            self.broker.kill()
+            down = time.time()
+            time.sleep(1.0)
+            self.broker.start()
+            rnd.fault_at = now
+            rnd.fault_note = (
+                f"RabbitMQ SIGKILLed with {ready} messages ready in the queue, started "
+                f"again on its data (accepting connections {time.time() - down:.1f} s later)"
             )
         elif fault == "postgres_restart":
             self.postgres.crash()
@@ -527,6 +564,18 @@ def _broker_messages(url: str) -> int:
         client.close()
 
 
+def _rabbitmq_ready(url: str, queue: str) -> int | str:
+    """Messages ready in ``queue`` (a passive declare; unacked ones are not counted)."""
+    from kombu.connection import Connection
+
+    try:
+        with Connection(url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
+            _name, ready, _consumers = conn.default_channel.queue_declare(queue, passive=True)
+            return int(ready)
+    except Exception as exc:  # a count for the report only
+        return f"? ({type(exc).__name__})"
+
+
 def _crash_time(log: Path, point: str, since: float) -> float | None:
     if not log.exists():
         return None
@@ -541,7 +590,7 @@ def _crash_time(log: Path, point: str, since: float) -> float | None:
 
 def run_soak(
     root: Path,
-    redis: RedisServer,
+    broker: Broker,
     postgres: PostgresServer,
     store_url: str,
     faults_to_inject: Callable[[int], str | None],
@@ -550,7 +599,7 @@ def run_soak(
     generic_store: bool = False,
 ) -> SoakRun:
     """Run rounds while ``faults_to_inject(round_number)`` names a fault (``None``: stop)."""
-    soak = Soak(root, redis, postgres, store_url, seed=seed, generic_store=generic_store)
+    soak = Soak(root, broker, postgres, store_url, seed=seed, generic_store=generic_store)
     soak.run.started = time.time()
     try:
         soak.start_cluster()

@@ -337,7 +337,7 @@ def _figures(
     minutes = (run.finished - run.started) / 60
     faults = Counter(r.fault for r in rounds if r.fault != "none")
     lines = [
-        f"soak: {len(rounds)} rounds in {minutes:.1f} min; PostgreSQL + Redis, "
+        f"soak: {len(rounds)} rounds in {minutes:.1f} min; PostgreSQL + {run.broker}, "
         "2 prefork workers x 2 processes, 2 beats",
         f"workflows: started {v.started} (+{v.children} children), ended as planned "
         f"{v.completed_as_planned}, lost {len(v.lost)}",
