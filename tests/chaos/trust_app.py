@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from celery_durable import Durable, StepFailed, WorkflowContext, current_step, faults
 from chaos import trust_workflows
@@ -26,6 +27,7 @@ from chaos.mix import log_line
 
 POISON = "trust.poison_workflow"
 PLAIN_POISON = "trust.plain_poison_workflow"
+NAP = "trust.nap"
 SHORT = "trust.short_steps"
 OVER_TIME = "trust.over_time_workflow"
 BLOCKS = "trust.blocking_workflow"
@@ -51,6 +53,21 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
         app.conf.durable_max_resends = int(env["TRUST_MAX_RESENDS"])
     if "TRUST_START_IN_CALLER" in env:
         app.conf.durable_start_in_caller = env["TRUST_START_IN_CALLER"] == "1"
+    if "TRUST_QUORUM_DELIVERY_LIMIT" in env:
+        # A RabbitMQ quorum queue that drops a message after this many deliveries (no
+        # dead-letter exchange): what RabbitMQ 4's default of 20 does to a poison step.
+        queue = env["TRUST_QUEUE"]
+        app.conf.task_queues = [
+            Queue(
+                queue,
+                Exchange(queue),
+                routing_key=queue,
+                queue_arguments={
+                    "x-queue-type": "quorum",
+                    "x-delivery-limit": int(env["TRUST_QUORUM_DELIVERY_LIMIT"]),
+                },
+            )
+        ]
     durable = Durable(app)
     record = Path(env["TRUST_RECORD"])
     trust_workflows.register(durable, record, Path(env.get("TRUST_DIR") or record.parent))
@@ -99,6 +116,18 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
     @durable.workflow(name=PLAIN_POISON)
     async def plain_poison_workflow(ctx: WorkflowContext) -> str:
         return await survive(ctx, plain_poison)
+
+    @durable.step(name="trust.wake")
+    def wake(label: str) -> str:
+        note("wake", "start")
+        return label
+
+    @durable.workflow(name=NAP)
+    async def nap(ctx: WorkflowContext, seconds: float) -> str:
+        """A short timer: a resume message with an ETA that a worker holds unacked."""
+        await ctx.step(wake, "before")
+        await ctx.sleep(seconds)
+        return str(await ctx.step(wake, "after"))
 
     @durable.workflow(name=OVER_TIME)
     async def over_time_workflow(ctx: WorkflowContext) -> str:
