@@ -94,6 +94,7 @@ SERIAL_GROUPS: dict[str, str] = {
     "tests/chaos/test_soak.py": "chaos-a",
     "tests/chaos/test_worker_killed.py": "chaos-a",
     "tests/chaos/test_timers_killed.py": "chaos-a",
+    "tests/chaos/test_rabbitmq.py": "chaos-a",
     "tests/chaos/": "chaos-b",
 }
 
