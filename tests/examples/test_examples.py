@@ -57,9 +57,10 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def worker_env(tmp_path: Path, redis_url: str, store_url: str) -> Iterator[dict[str, str]]:
+def worker_env(tmp_path: Path, broker_url: str, store_url: str) -> Iterator[dict[str, str]]:
+    """A real prefork worker of the examples on each broker (Redis, RabbitMQ) and store."""
     env = base_env(tmp_path)
-    env["CELERY_BROKER_URL"] = redis_url
+    env["CELERY_BROKER_URL"] = broker_url
     env["DURABLE_STORE"] = store_url
     log = (tmp_path / "worker.log").open("w")
     worker = subprocess.Popen(
