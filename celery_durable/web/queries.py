@@ -272,6 +272,7 @@ def summary(instance: Instance, codec: Codec | Undecoded) -> dict[str, Any]:
         "note": instance.note,
         "waiting_at": instance.waiting_at,
         "code_version": instance.code_version,
+        "patches": list(instance.patches),
     }
 
 

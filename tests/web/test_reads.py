@@ -172,6 +172,8 @@ def test_workflow_detail_timeline_compensation_inbox_and_journal(
     assert waiting["status"] == "running"
     assert "workflows.py:" in waiting["waiting_at"]
     assert "approval" in waiting["waiting_at"]
+    assert len(waiting["code_version"]) == 12  # a hash of the workflow's source
+    assert waiting["patches"] == []
     (signal,) = waiting["signals"]
     assert (signal["name"], signal["payload"]) == ("misspelt", [1])
     assert waiting["events"][0]["kind"] == "signal"
