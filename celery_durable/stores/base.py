@@ -205,7 +205,10 @@ class Store(Protocol):
         ``at``; on the first beat of a run, ``started_at`` unset, also ``started_at`` =
         ``at`` and ``attempts += 1``), and pull the instance's ``wake_at`` to ``wake_by``
         if it is later (or unset), so that recovery looks at the step if the beats stop.
-        Nothing is written if the instance's run is another one.
+        Nothing is written if the instance's run is another one, or if the step waits for
+        a Celery retry (``reschedule_step`` set its ``heartbeat_at`` to the retry's due
+        time, after ``at``): a late beat of the run that asked for the retry must not
+        revive it.
 
         Only a pending or running instance's ``wake_at`` is pulled. A store may leave it
         while a concurrent transaction holds the instance (a commit, which writes its own

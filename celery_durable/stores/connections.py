@@ -34,9 +34,10 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
+from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy import Connection, Engine, event, insert, select, text
 from sqlalchemy import exc as sa_exc
 
 from celery_durable.errors import ConfigurationError, SchemaVersionError, StoreError
@@ -100,6 +101,9 @@ class SQLConnections:
                 self._forget_inherited_engine()
             engine, self._engine = self._engine, None
             if engine is not None:
+                # A connection another thread still has out (a heartbeat, a late worker
+                # thread) is not closed by dispose(): it is closed when it comes back.
+                engine.retired = True  # type: ignore[attr-defined]
                 engine.dispose()
 
     # ------------------------------------------------------------------ connections
@@ -174,9 +178,17 @@ class SQLConnections:
         try:
             if self._sqlite:
                 return create_sqlite_engine(self._url, memory=self._memory)
-            return create_server_engine(self._url)
+            engine = create_server_engine(self._url)
         except (sa_exc.ArgumentError, TypeError) as exc:
             raise ConfigurationError(f"store URL {self._display} cannot be used: {exc}") from exc
+
+        def close_if_retired(dbapi_connection: Any, record: Any) -> None:
+            if getattr(engine, "retired", False):
+                with suppress(Exception):
+                    dbapi_connection.close()
+
+        event.listen(engine, "checkin", close_if_retired)
+        return engine
 
     def _ensure_schema(self, engine: Engine) -> None:
         """Create the tables if missing and check the recorded schema version.

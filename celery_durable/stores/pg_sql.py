@@ -51,6 +51,9 @@ HEARTBEAT = (
     " attempts = attempts + CASE WHEN started_at IS NULL THEN 1 ELSE 0 END"
     " WHERE instance_id = %(id)s AND seq = %(seq)s"
     f" AND state IN {PENDING}"
+    # Not a step waiting for a Celery retry: a late beat of the run that asked for it
+    # must not revive it (its due time is ahead).
+    " AND (state = 'started' OR heartbeat_at IS NULL OR heartbeat_at <= %(at)s)"
     " AND (SELECT run FROM durable_instances WHERE id = %(id)s) = %(run)s"
     " RETURNING instance_id),"
     # Writes only if `beat` did, and skips an instance row a commit holds: commits lock

@@ -410,6 +410,13 @@ class SQLAlchemyStore(StepTransactions, WorkerRegistry):
                     events.c.instance_id == instance_id,
                     events.c.seq == seq,
                     events.c.state.in_(_PENDING),
+                    # Not a step waiting for a Celery retry (its due time is ahead): a
+                    # beat of the run that asked for the retry, late, must not revive it.
+                    or_(
+                        events.c.state == State.STARTED.value,
+                        events.c.heartbeat_at.is_(None),
+                        events.c.heartbeat_at <= at,
+                    ),
                     select(instances.c.run).where(instances.c.id == instance_id).scalar_subquery()
                     == run,
                 )

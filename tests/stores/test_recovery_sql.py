@@ -112,7 +112,10 @@ def test_heartbeats_and_commits_of_one_step_do_not_deadlock(pg_store: SQLAlchemy
                 i += 1
                 # wake_by alternates so that the instance row is written now and then.
                 wake_by = T0 - timedelta(seconds=i) if i % 2 else T0 + timedelta(hours=i)
-                assert pg_store.heartbeat("wf-race", 1, 0, T0 + timedelta(seconds=i), wake_by)
+                # Beats come after the resends (a beat never revives a step before the
+                # time it was sent or rescheduled for).
+                at = T0 + timedelta(days=1, seconds=i)
+                assert pg_store.heartbeat("wf-race", 1, 0, at, wake_by)
         except BaseException as exc:
             errors.append(exc)
 

@@ -343,6 +343,24 @@ class StepContract:
         assert again is not None
         assert again[1][0].attempts == 2
 
+    def test_a_late_beat_does_not_revive_a_step_waiting_for_its_retry(self, store: Store) -> None:
+        pending_step(store, "wf-late", wake_at=T0 + timedelta(hours=1))
+        assert store.start_step("wf-late", 1, 0, STEP, AT, T0 + timedelta(hours=1)).marked
+        due = AT + timedelta(minutes=10)
+        assert store.reschedule_step("wf-late", 1, 0, due, T0 + timedelta(minutes=20))
+
+        # The run that asked for the retry beats once more, before the retry is due.
+        beat = AT + timedelta(seconds=1)
+        assert store.heartbeat("wf-late", 1, 0, beat, beat + timedelta(seconds=10)) is False
+        loaded = store.load("wf-late")
+        assert loaded is not None
+        (step,) = loaded[1]
+        assert (step.state, step.heartbeat_at, step.started_at) == (State.SCHEDULED, due, None)
+        # The retry's own run beats as usual.
+        assert store.start_step("wf-late", 1, 0, STEP, due, due + timedelta(minutes=1)).marked
+        later = due + timedelta(seconds=2)
+        assert store.heartbeat("wf-late", 1, 0, later, later + timedelta(seconds=10)) is True
+
     def test_reschedule_step_pulls_wake_at_earlier_only(self, store: Store) -> None:
         pending_step(store, "wf-resched-late", wake_at=T0 + timedelta(minutes=5))
 
