@@ -44,6 +44,7 @@ from celery_durable.runtime.codec import KombuCodec, content_type
 from celery_durable.runtime.deploys import source_version
 from celery_durable.runtime.eager import EagerChain
 from celery_durable.runtime.heartbeat import Heartbeats
+from celery_durable.runtime.ids import RESUME_TASK as RESUME_TASK
 from celery_durable.runtime.live import LiveWorkflows
 from celery_durable.runtime.liveness import WorkerBeat, start_worker_beat
 from celery_durable.runtime.logs import quiet_task_logs
@@ -71,7 +72,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 WorkflowFunction = Callable[Concatenate[WorkflowContext, P], Coroutine[Any, Any, R]]
 
-RESUME_TASK = "celery_durable.resume"
 TICK_TASK = "celery_durable.tick"
 RESUME_HARD_LIMIT_GRACE = 15.0
 """Seconds between a pass's soft time limit (it parks) and its hard one (it is killed)."""

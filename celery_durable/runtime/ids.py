@@ -18,3 +18,7 @@ def parse_step_task_id(task_id: str | None) -> tuple[str, int, int] | None:
     if not sep or not workflow_id or not seq.isdigit() or (tilde and not run.isdigit()):
         return None
     return workflow_id, int(run) if tilde else 1, int(seq)
+
+
+RESUME_TASK = "celery_durable.resume"
+"""The orchestrator task's name; its task ids are ``"<workflow_id>:resume:<random>"``."""

@@ -5,14 +5,17 @@ by Celery's default) and holds them unacked until a pool process runs them. If t
 worker dies, the broker keeps them in its unacked set until the visibility timeout (an
 hour on Redis), and the steps never started: no start mark, no heartbeat. So the main
 process beats a row of the store listing the durable steps it holds (reserved or
-running): as soon as a message is received (``task_received``; messages arriving within
-:data:`BATCH` seconds share one write), when the set changes, and every
-``durable_heartbeat_interval`` anyway. When the beats stop for as long as a running step's
-would, the tick releases its steps that never started (:func:`release_dead_workers`), and
-they are sent again within the same bound as a started one. A worker killed within one
-write of receiving a message leaves a message no beat names: on Redis, the tick then puts
-such messages back in their queues from kombu's ``unacked`` hash (:mod:`.unacked`); on
-RabbitMQ the broker requeues a dead consumer's messages itself.
+running) and the instances whose orchestrator pass it holds: as soon as a message is
+received (``task_received``; messages arriving within :data:`BATCH` seconds share one
+write), when the set changes, and every ``durable_heartbeat_interval`` anyway. When the
+beats stop for as long as a running step's would, the tick releases its steps that never
+started (:func:`release_dead_workers`), and they are sent again within the same bound as
+a started one; so are the steps a dead worker's pass committed and may have died before
+publishing (scheduled after its last beat, named by no beat:
+``Store.release_orphaned_steps``). A worker killed within one write of receiving a
+message leaves a message no beat names: on Redis, the tick then puts such messages back
+in their queues from kombu's ``unacked`` hash (:mod:`.unacked`); on RabbitMQ the broker
+requeues a dead consumer's messages itself.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from celery.signals import task_received
 
 from celery_durable.errors import DurableError
+from celery_durable.runtime.ids import RESUME_TASK
 from celery_durable.runtime.steps import DurableStep, parse_step_task_id
 
 if TYPE_CHECKING:
@@ -97,10 +101,7 @@ class WorkerBeat:
         """A message was just received (``task_received``, in the consumer): beat soon,
         listing it, so that the window in which a worker holds a step nobody knows of is
         the time of one write, not a beat interval."""
-        task = getattr(request, "task", None)
-        if not isinstance(task, DurableStep) or task.durable is not self._durable:
-            return
-        identity = parse_step_task_id(getattr(request, "id", None))
+        identity = self._held(request)
         if identity is not None:
             self._received[identity] = time.monotonic()
             self._wake.set()
@@ -142,13 +143,27 @@ class WorkerBeat:
             else:
                 self._received.pop(identity, None)
         for request in requests:
-            task = getattr(request, "task", None)
-            if not isinstance(task, DurableStep) or task.durable is not self._durable:
-                continue
-            reserved = parse_step_task_id(getattr(request, "id", None))
+            reserved = self._held(request)
             if reserved is not None:
                 found.add(reserved)
         return sorted(found)
+
+    def _held(self, request: Any) -> tuple[str, int, int] | None:
+        """What a request of this worker holds: a step ``(id, run, seq)``, or
+        ``(id, -1, -1)`` for an orchestrator pass of instance ``id`` (whose commit may
+        schedule steps the worker then dies before sending)."""
+        task = getattr(request, "task", None)
+        task_id = getattr(request, "id", None)
+        if isinstance(task, DurableStep) and task.durable is self._durable:
+            return parse_step_task_id(task_id)
+        if (
+            getattr(task, "name", None) == RESUME_TASK
+            and getattr(task, "durable", None) is self._durable
+            and isinstance(task_id, str)
+            and ":resume:" in task_id
+        ):
+            return (task_id.rsplit(":resume:", 1)[0], -1, -1)
+        return None
 
     def _loop(self) -> None:
         last: list[tuple[str, int, int]] | None = None
@@ -187,7 +202,20 @@ def release_dead_workers(durable: Durable) -> int:
     listed, any_dead = durable.store.held_steps(now - durable.silence_limit)
     if not any_dead:
         return 0  # most ticks: one read of the worker rows
-    released = durable.store.release_dead_workers(
+    # A step a dead worker's pass committed and the worker died before publishing: no
+    # message anywhere. It was sent after the worker's last beat (less one beat).
+    orphans = durable.store.release_orphaned_steps(
+        silent_since=now - durable.silence_limit,
+        overdue_at=now - durable.redrive_after,
+        wake_by=now,
+        slack=durable.settings.heartbeat_interval,
+    )
+    if orphans:
+        logger.warning(
+            "tick: %d step(s) a dead worker scheduled and may not have sent; sending them again",
+            orphans,
+        )
+    released = orphans + durable.store.release_dead_workers(
         silent_since=now - durable.silence_limit,
         overdue_at=now - durable.redrive_after,
         wake_by=now,

@@ -267,6 +267,19 @@ class Store(Protocol):
         or not), and whether any worker's beats stopped before ``silent_since``."""
         ...
 
+    def release_orphaned_steps(
+        self, silent_since: datetime, overdue_at: datetime, wake_by: datetime, slack: float
+    ) -> int:
+        """Release the later, still-scheduled steps of the instances a dead worker listed
+        (sent at or after its last beat less ``slack`` seconds, listed by no worker):
+        ``heartbeat_at`` = ``overdue_at``, instance ``wake_at`` <= ``wake_by``. Call it
+        before :meth:`release_dead_workers` removes the dead rows.
+
+        Returns:
+            How many steps were released.
+        """
+        ...
+
     def release_dead_workers(
         self, silent_since: datetime, overdue_at: datetime, wake_by: datetime
     ) -> int:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from celery_durable.engine.journal import Kind, State, Status
 from celery_durable.stores.connections import SQLConnections
@@ -58,6 +58,67 @@ class WorkerRegistry(SQLConnections):
                 dead = dead or beat_at < silent_since
                 held.update((i, r, s) for i, r, s in json.loads(reserved))
         return held, dead
+
+    def release_orphaned_steps(
+        self, silent_since: datetime, overdue_at: datetime, wake_by: datetime, slack: float
+    ) -> int:
+        """Release the steps a dead worker may have committed and died before publishing.
+
+        For each instance a worker whose last beat is before ``silent_since`` listed
+        (a step it held, or ``(id, -1, -1)``: a pass it was running), its later steps
+        that are still scheduled, were sent at or after that beat (less ``slack``
+        seconds) and that no worker's beat lists get ``heartbeat_at`` = ``overdue_at``,
+        and the instance ``wake_at`` <= ``wake_by``: the next pass sends them again. One
+        transaction; the dead workers' rows stay (``release_dead_workers`` removes them).
+
+        Returns:
+            How many steps were released.
+        """
+        silent_since = aware(silent_since, "silent_since")
+        overdue_at = aware(overdue_at, "overdue_at")
+        wake_by = aware(wake_by, "wake_by")
+        released = 0
+        with self._transaction(write=True) as conn:
+            rows = conn.execute(select(workers.c.beat_at, workers.c.reserved)).all()
+            listed = {tuple(step) for _, reserved in rows for step in json.loads(reserved)}
+            for beat_at, reserved in rows:
+                if beat_at >= silent_since:
+                    continue
+                since = beat_at - timedelta(seconds=slack)
+                for instance_id, run, seq in json.loads(reserved):
+                    current = conn.execute(
+                        select(instances.c.run).where(
+                            instances.c.id == instance_id, instances.c.status.in_(_LIVE)
+                        )
+                    ).scalar_one_or_none()
+                    if current is None or (run != -1 and run != current):
+                        continue
+                    later = conn.execute(
+                        select(events.c.seq).where(
+                            events.c.instance_id == instance_id,
+                            events.c.seq > seq,
+                            events.c.kind == Kind.STEP.value,
+                            events.c.state == State.SCHEDULED.value,
+                            func.coalesce(events.c.heartbeat_at, events.c.scheduled_at) >= since,
+                        )
+                    ).scalars()
+                    orphans = [s for s in later if (instance_id, current, s) not in listed]
+                    if not orphans:
+                        continue
+                    released += conn.execute(
+                        update(events)
+                        .where(events.c.instance_id == instance_id, events.c.seq.in_(orphans))
+                        .values(heartbeat_at=overdue_at)
+                    ).rowcount
+                    conn.execute(
+                        update(instances)
+                        .where(
+                            instances.c.id == instance_id,
+                            (instances.c.wake_at.is_(None)) | (instances.c.wake_at > wake_by),
+                        )
+                        .values(wake_at=wake_by)
+                    )
+        return released
 
     def release_dead_workers(
         self, silent_since: datetime, overdue_at: datetime, wake_by: datetime

@@ -92,3 +92,39 @@ class WorkerContract:
         assert store.held_steps(T0)[1] is False  # beat at the limit: alive
         store.forget_worker("w-old")
         assert store.held_steps(LATER) == ({("wf-b", 2, 3), ("wf-c", 1, 0)}, False)
+
+    def test_steps_a_dead_worker_scheduled_and_may_not_have_sent_are_released(
+        self, store: Store
+    ) -> None:
+        sent_after = T0 + timedelta(seconds=5)
+        long_before = T0 - timedelta(hours=1)
+        store.create(
+            make_instance("wf-o", status=Status.RUNNING, wake_at=T0 + timedelta(hours=1)),
+            [
+                make_event(0, state=State.COMPLETED, completed_at=T0),
+                make_event(1, heartbeat_at=sent_after, scheduled_at=sent_after),
+                make_event(2, heartbeat_at=long_before, scheduled_at=long_before),
+                make_event(3, heartbeat_at=sent_after, scheduled_at=sent_after),
+            ],
+        )
+        store.create(
+            make_instance("wf-p", status=Status.RUNNING),
+            [make_event(0, heartbeat_at=sent_after, scheduled_at=sent_after)],
+        )
+        store.beat_worker("dead", T0, [("wf-o", 1, 0), ("wf-p", -1, -1)])
+        store.beat_worker("live", LATER, [("wf-o", 1, 3)])  # it holds seq 3's message
+        overdue = T0 - timedelta(minutes=5)
+
+        released = store.release_orphaned_steps(T0 + timedelta(seconds=1), overdue, LATER, 2.0)
+
+        assert released == 2  # wf-o seq 1 (sent after the beat), wf-p seq 0 (its pass)
+        loaded = store.load("wf-o")
+        assert loaded is not None
+        instance, events = loaded
+        assert [e.heartbeat_at for e in events[1:]] == [overdue, long_before, sent_after]
+        assert instance.wake_at == LATER
+        other = store.load("wf-p")
+        assert other is not None
+        assert other[1][0].heartbeat_at == overdue
+        assert store.held_steps(T0 + timedelta(seconds=1))[1] is True  # rows stay
+        assert store.release_orphaned_steps(T0, overdue, LATER, 2.0) == 0  # nobody dead
