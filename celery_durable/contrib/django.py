@@ -81,3 +81,113 @@ def asgi_with_console(
 
     console = create_app(durable, auth=auth)
     return Starlette(routes=[Mount(prefix, app=console), Mount("/", app=django_app)])
+
+
+class _NotPending(Exception):
+    """The step is not a pending step of that run any more: nothing runs."""
+
+
+class DjangoStepTransactions:
+    """Exactly-once steps in a Django project: the step's ORM writes and its journaled
+    outcome in one ``transaction.atomic()`` of the database the journal lives in
+    (``@durable.step(transactional="django")``).
+
+    The journal's rows are written with the atomic block's own connection: the
+    instance's row first (``UPDATE`` locks it on PostgreSQL, and takes SQLite's write
+    lock), so a second copy of the step waits and then finds it journaled; the step runs
+    in a nested ``atomic()`` (a savepoint: a failure rolls its writes back and is
+    journaled); the outcome and a wake-up time for recovery are written before the one
+    commit.
+
+    Args:
+        alias: the ``DATABASES`` entry the journal lives in (``CELERY_DURABLE_STORE``
+            must point at the same database).
+    """
+
+    def __init__(self, alias: str = "default") -> None:
+        self.alias = alias
+
+    def run_step_in_transaction(
+        self,
+        instance_id: str,
+        run: int,
+        seq: int,
+        name: str,
+        body: Any,
+        encode: Any,
+        *,
+        at: Any,
+        wake_by: Any,
+        retry_on: Any = lambda exc: False,
+    ) -> Any:
+        """``Store.run_step_in_transaction``'s contract, on Django's connection (the body
+        is called with ``None``: it writes with the ORM)."""
+        from django.db import connections, transaction
+
+        from celery_durable.engine.journal import Failure, State
+        from celery_durable.stores.rows import failure_text
+        from celery_durable.stores.step_transactions import RetryStep, StepTransaction
+
+        connection = connections[self.alias]
+        stamp = _timestamps(connection.vendor)
+        failure = error = None
+        result = output = None
+        try:
+            with transaction.atomic(using=self.alias), connection.cursor() as cursor:
+                cursor.execute(
+                    "UPDATE durable_instances SET version = version + 1 WHERE id = %s"
+                    " AND run = %s AND status IN ('pending', 'running')",
+                    [instance_id, run],
+                )
+                if cursor.rowcount != 1:
+                    raise _NotPending
+                cursor.execute(
+                    "SELECT kind, name, state FROM durable_events"
+                    " WHERE instance_id = %s AND seq = %s",
+                    [instance_id, seq],
+                )
+                row = cursor.fetchone()
+                if row is None or tuple(row) not in (
+                    ("step", name, State.SCHEDULED.value),
+                    ("step", name, State.STARTED.value),
+                ):
+                    raise _NotPending
+                try:
+                    with transaction.atomic(using=self.alias):
+                        result = body(None)
+                        output = encode(result)
+                except Exception as exc:
+                    if retry_on(exc):
+                        raise RetryStep(exc) from exc
+                    failure, error = Failure.from_exception(exc), exc
+                state = State.COMPLETED if failure is None else State.FAILED
+                cursor.execute(
+                    "UPDATE durable_events SET state = %s, output = %s, failure = %s,"
+                    " completed_at = %s WHERE instance_id = %s AND seq = %s",
+                    [state.value, output, failure_text(failure), stamp(at), instance_id, seq],
+                )
+                cursor.execute(
+                    "UPDATE durable_instances SET wake_at = CASE WHEN wake_at IS NULL"
+                    " OR wake_at > %s THEN %s ELSE wake_at END WHERE id = %s",
+                    [stamp(wake_by), stamp(wake_by), instance_id],
+                )
+        except _NotPending:
+            return StepTransaction(ran=False)
+        if failure is not None:
+            return StepTransaction(ran=True, failure=failure, error=error)
+        return StepTransaction(ran=True, result=result)
+
+
+def _timestamps(vendor: str) -> Any:
+    """How the journal's timestamps are written on ``vendor``: aware on PostgreSQL,
+    naive UTC text on SQLite (as the store's ``UTCDateTime`` writes them)."""
+    from datetime import timezone
+
+    def sqlite(value: Any) -> str:
+        naive = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return str(naive.strftime("%Y-%m-%d %H:%M:%S.%f"))
+
+    def aware(value: Any) -> Any:
+        return value.astimezone(timezone.utc)
+
+    return sqlite if vendor == "sqlite" else aware

@@ -367,7 +367,8 @@ class Durable:
         its writes there and its journaled outcome commit in one transaction, so a crash
         can never keep one without the other. A failure rolls its writes back; Celery's
         retries run outside the transaction. Keep it short: the instance (on SQLite, the
-        whole database) waits for it.
+        whole database) waits for it. ``transactional="django"``: the same with Django's
+        ORM, in ``transaction.atomic()`` on the ``default`` database (the journal's).
 
         Usable bare (``@durable.step``) or with options (``@durable.step(name="Pay")``).
         """
@@ -380,7 +381,7 @@ class Durable:
                 )
             # Not shared: the task belongs to this app's Durable, not to every app.
             options.setdefault("shared", False)
-            if options.get("transactional"):
+            if options.get("transactional") is True:
                 # Its function takes the transaction's connection first, which callers
                 # do not pass: Celery's argument check would count it.
                 options.setdefault("typing", False)

@@ -110,10 +110,13 @@ class DurableStep(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
-    transactional = False
+    transactional: bool | str = False
     """``@durable.step(transactional=True)``: the step's function takes a SQLAlchemy
     ``Connection`` to the store's database first, and its writes commit in the one
-    transaction that journals its outcome (:mod:`.transactional`)."""
+    transaction that journals its outcome (:mod:`.transactional`).
+    ``transactional="django"``: the step writes with Django's ORM, in the
+    ``transaction.atomic()`` that journals its outcome (the journal in Django's
+    ``default`` database)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.called_directly:

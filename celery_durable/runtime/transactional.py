@@ -70,8 +70,13 @@ def run_transactional(
     from celery_durable.stores.step_transactions import RetryStep, StepTransactions
 
     durable = task.durable
-    store = durable.store
-    if not isinstance(store, StepTransactions):
+    store: Any = durable.store
+    django = task.transactional == "django"
+    if django:
+        from celery_durable.contrib.django import DjangoStepTransactions
+
+        store = DjangoStepTransactions()
+    elif not isinstance(store, StepTransactions):
         raise ConfigurationError(
             f"step {task.name} is transactional=True, which needs a SQL store (SQLite or "
             f"PostgreSQL) to run in; durable_store is {store!r}"
@@ -85,7 +90,7 @@ def run_transactional(
 
     def attempt(call: Callable[[Any], Any]) -> StepTransaction:
         now = durable.now()
-        return store.run_step_in_transaction(
+        done: StepTransaction = store.run_step_in_transaction(
             workflow_id,
             run,
             seq,
@@ -96,11 +101,15 @@ def run_transactional(
             wake_by=now + durable.redrive_after,
             retry_on=lambda exc: _wants_retry(task, exc),
         )
+        return done
 
     cause: BaseException | None = None
     token = _deferred.set(deferred)
     try:
-        done = attempt(lambda conn: body(conn, *args, **kwargs))
+        if django:  # the step writes with the ORM, in the atomic block
+            done = attempt(lambda _: body(*args, **kwargs))
+        else:
+            done = attempt(lambda conn: body(conn, *args, **kwargs))
     except RetryStep as retry:
         cause = retry.cause
     finally:
@@ -109,7 +118,7 @@ def run_transactional(
         if isinstance(cause, Retry):  # self.retry() in the body: its message is sent
             for wid, r, s, due in deferred:
                 try:
-                    store.reschedule_step(wid, r, s, due, due + durable.redrive_after)
+                    durable.store.reschedule_step(wid, r, s, due, due + durable.redrive_after)
                 except StoreError as exc:
                     logger.warning("step %s: cannot journal its retry (%s)", task.request.id, exc)
             raise cause

@@ -31,8 +31,28 @@ from orders.models import Order
 from orders.workflows import place_order
 from shop.celery import app, durable
 
+from orders.models import Order as _Order
+
+
+@durable.step(transactional="django")
+def touch_then_fail(order_id):
+    _Order.objects.filter(pk=order_id).update(item="touched")
+    raise ValueError("changed my mind")
+
+
+@durable.workflow
+async def touch(ctx, order_id):
+    return await ctx.step(touch_then_fail, order_id)
+
+
 order = Order.objects.create(item="a book")
 with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNING"):
+    touching = touch.delay(order.id)
+    try:
+        touching.result(timeout=60)
+        touched = "completed"
+    except WorkflowFailed as failed:
+        touched = failed.type
     handle = place_order.delay(order.id)
     result = handle.result(timeout=60)
     again = place_order.delay(order.id)
@@ -42,6 +62,7 @@ with start_worker(app, pool="threads", perform_ping_check=False, loglevel="WARNI
     except WorkflowFailed as failed:
         second = failed.type
 order.refresh_from_db()
+item = order.item
 
 from shop.asgi import application
 
@@ -59,13 +80,14 @@ page = asyncio.run(get(f"/orders/{order.id}/"))
 print(json.dumps({
     "result": result,
     "second": second,
+    "touched": [touched, item],
     "order": [order.status, order.confirmed],
     "store": durable.settings.store,
     "eta_max": durable.settings.eta_max,
     "steps": handle.steps(),
     "console": [console[0], 'href="/durable/workflows/' in console[1]],
     "api": [api[0], sorted(w["id"] for w in json.loads(api[1])["workflows"])],
-    "ids": sorted([handle.id, again.id]),
+    "ids": sorted([handle.id, again.id, touching.id]),
     "page": [page[0], json.loads(page[1])],
 }))
 """
@@ -101,6 +123,8 @@ def test_the_django_project(tmp_path: Path, redis_url: str, database: str) -> No
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["result"] == f"confirmation sent for order {seen['page'][1]['id']}"
     assert seen["second"] == "LookupError"  # reserved once: the second placement fails
+    # A transactional="django" step that fails: its ORM write rolled back, failure journaled.
+    assert seen["touched"] == ["ValueError", "a book"]
     assert seen["order"] == ["reserved", True]
     assert seen["steps"] == ["reserve", "send_confirmation"]
     if database.startswith("postgresql://"):

@@ -1,20 +1,17 @@
 """Placing an order: reserve it exactly once, then confirm it with the existing task."""
 
 from shop.celery import durable
-from sqlalchemy import Connection, text
 
 from celery_durable import WorkflowContext
+from orders.models import Order
 from orders.tasks import send_confirmation
 
 
-@durable.step(transactional=True)
-def reserve(conn: Connection, order_id: int) -> str:
-    """Reserve the order in the same transaction that journals this step: exactly once."""
-    done = conn.execute(
-        text("UPDATE orders_order SET status = 'reserved' WHERE id = :id AND status = 'new'"),
-        {"id": order_id},
-    )
-    if done.rowcount != 1:
+@durable.step(transactional="django")
+def reserve(order_id: int) -> str:
+    """Reserve the order with the ORM, in the ``transaction.atomic()`` that journals this
+    step: exactly once (a crash before the commit undoes the write with the rest)."""
+    if Order.objects.filter(pk=order_id, status="new").update(status="reserved") != 1:
         raise LookupError(f"order {order_id} is not new")
     return "reserved"
 
