@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from celery_durable.engine.awaitables import _ContinueAsNew
+from celery_durable.engine.journal import Event, Failure, Kind, State
 from celery_durable.errors import StepFailed, WorkflowCancelled
 
 if TYPE_CHECKING:
@@ -110,3 +112,38 @@ def _note(exc: BaseException, note: str) -> None:
         exc.add_note(note)
     else:  # Python 3.10 has no add_note; the engine still reads __notes__
         exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
+def compensations(events: Sequence[Event], failure: Failure | None = None) -> dict[int, int]:
+    """Which journaled events compensate (what a rollback ran), read off a journal.
+
+    The journal does not mark compensations: they are the steps and children journaled
+    after the point where a cancellation was thrown in (a CANCEL event), or after the
+    failure that failed the run. Used by the console's timeline and by tracing.
+
+    Args:
+        events: the journal, by seq.
+        failure: the instance's failure when it ended ``failed`` (its failure point is
+            the last failed event with that type and message), else ``None``: a failure
+            the workflow caught and went on from is not a rollback.
+
+    Returns:
+        seq of each compensating step or child -> seq of the event it follows.
+    """
+    trigger: int | None = None
+    for event in events:
+        if event.kind is Kind.CANCEL:
+            trigger = event.seq
+            break
+    if trigger is None and failure is not None:
+        for event in reversed(events):
+            if (
+                event.state is State.FAILED
+                and event.failure is not None
+                and (event.failure.type, event.failure.message) == (failure.type, failure.message)
+            ):
+                trigger = event.seq
+                break
+    if trigger is None:
+        return {}
+    return {e.seq: trigger for e in events if e.seq > trigger and e.kind in (Kind.STEP, Kind.CHILD)}

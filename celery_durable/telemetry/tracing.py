@@ -43,6 +43,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery_durable.engine.journal import Event, Failure, Instance, Kind, State, Status
+from celery_durable.engine.saga import compensations
 from celery_durable.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -342,7 +343,8 @@ class Tracing:
                 self._journaled(stored, instance, event, run, base)
         if not (status.is_terminal or restarted):
             return
-        rollback = _compensations(journal, failure if status is Status.FAILED else None)
+        marked = compensations(journal, failure if status is Status.FAILED else None)
+        rollback = [e for e in journal if e.seq in marked]
         if rollback:
             first, last = rollback[0], rollback[-1]
             span = self.tracer.start_span(
@@ -431,25 +433,3 @@ def _attached(context: Any, run: Any) -> Iterator[None]:
 
 def _run_attributes(workflow_id: str, workflow: str, run: int) -> dict[str, Any]:
     return {"durable.workflow_id": workflow_id, "durable.workflow": workflow, "durable.run": run}
-
-
-def _compensations(journal: Sequence[Event], failure: Failure | None) -> list[Event]:
-    """The steps and children journaled after a thrown-in cancellation (a CANCEL event) or
-    after the failure that failed the run: its rollback (as the console marks it)."""
-    trigger: int | None = None
-    for event in journal:
-        if event.kind is Kind.CANCEL:
-            trigger = event.seq
-            break
-    if trigger is None and failure is not None:
-        for event in reversed(journal):
-            if (
-                event.state is State.FAILED
-                and event.failure is not None
-                and (event.failure.type, event.failure.message) == (failure.type, failure.message)
-            ):
-                trigger = event.seq
-                break
-    if trigger is None:
-        return []
-    return [e for e in journal if e.seq > trigger and e.kind in (Kind.STEP, Kind.CHILD)]

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from celery_durable.engine.awaitables import decode_child_id
 from celery_durable.engine.journal import Event, Instance, Kind, Signal, Status
+from celery_durable.engine.saga import compensations
 from celery_durable.engine.serialization import Codec
 from celery_durable.runtime.durable import Durable
 from celery_durable.web.errors import ConsoleError
@@ -30,7 +31,6 @@ from celery_durable.web.present import (
     jsonable,
     waiting_on,
 )
-from celery_durable.web.timeline import compensations
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000

@@ -21,42 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from celery_durable.engine.journal import Event, Failure, Kind, State
+from celery_durable.engine.journal import Event, Kind
+from celery_durable.engine.saga import compensations
 
 COLLAPSE_FROM = 4
 """A run of at least this many similar rows is shown as one group row."""
 GROUP_ROWS_SHOWN = 50
 """How many rows of a group its expanded view lists (the raw journal has them all)."""
-
-
-def compensations(events: Sequence[Event], failure: Failure | None = None) -> dict[int, int]:
-    """Which events compensate: seq of each step or child journaled after the point where
-    a cancellation was thrown in (a CANCEL event), or after the failure that failed the
-    workflow -> seq of that event.
-
-    Args:
-        events: the journal, by seq.
-        failure: the instance's failure when it ended ``failed`` (its failure point is
-            the last failed event with that type and message), else ``None``: a failure
-            the workflow caught and went on from is not a rollback.
-    """
-    trigger: int | None = None
-    for event in events:
-        if event.kind is Kind.CANCEL:
-            trigger = event.seq
-            break
-    if trigger is None and failure is not None:
-        for event in reversed(events):
-            if (
-                event.state is State.FAILED
-                and event.failure is not None
-                and (event.failure.type, event.failure.message) == (failure.type, failure.message)
-            ):
-                trigger = event.seq
-                break
-    if trigger is None:
-        return {}
-    return {e.seq: trigger for e in events if e.seq > trigger and e.kind in (Kind.STEP, Kind.CHILD)}
 
 
 @dataclass(frozen=True)
