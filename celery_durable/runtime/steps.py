@@ -102,6 +102,46 @@ def leave_step(token: contextvars.Token[StepInfo | None]) -> None:
     _current.reset(token)
 
 
+def advance_patiently(
+    durable: Durable,
+    workflow_id: str,
+    outcome: StepOutcome | None,
+    journal: Loaded | None,
+    patience: float,
+    chain: EagerChain | None,
+    label: str,
+) -> StoreError | None:
+    """Journal a step's ``outcome`` (if any) and advance the workflow, trying again while
+    the store is out of reach for up to ``patience`` seconds (a step that has run waits
+    out a database restart rather than running again).
+
+    Returns:
+        ``None`` once done (or the workflow is gone); the last ``StoreError`` when the
+        patience ran out, for the caller to retry the step or leave it to recovery.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.1
+    while True:
+        try:
+            durable.advance(workflow_id, outcome, journal, chain)
+            return None
+        except WorkflowNotFound:
+            logger.error("step %s: workflow %s vanished from the store", label, workflow_id)
+            return None
+        except StoreError as exc:
+            if time.monotonic() + pause > deadline:
+                return exc
+            logger.warning(
+                "step %s: store unavailable (%s); journaling its outcome again in %.1f s",
+                label,
+                exc,
+                pause,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+            journal = None  # read afresh: the failed commit may have been applied
+
+
 class DurableStep(Task):  # type: ignore[misc]
     """Base class of ``@durable.step`` tasks."""
 
@@ -304,28 +344,11 @@ class DurableStep(Task):  # type: ignore[misc]
         has run waits out a database restart rather than running again); past it, the
         task is retried by Celery.
         """
-        durable = self.durable
-        deadline = time.monotonic() + patience
-        pause = 0.1
-        while True:
-            try:
-                durable.advance(workflow_id, outcome, journal, chain)
-                return
-            except WorkflowNotFound:
-                logger.error("step %s: workflow %s vanished from the store", self.name, workflow_id)
-                return
-            except StoreError as exc:
-                if time.monotonic() + pause > deadline:
-                    raise self._retry_later(exc) from exc
-                logger.warning(
-                    "step %s: store unavailable (%s); journaling its outcome again in %.1f s",
-                    self.request.id,
-                    exc,
-                    pause,
-                )
-                time.sleep(pause)
-                pause = min(pause * 2, 5.0)
-                journal = None  # read afresh: the failed commit may have been applied
+        failed = advance_patiently(
+            self.durable, workflow_id, outcome, journal, patience, chain, self.request.id
+        )
+        if failed is not None:
+            raise self._retry_later(failed) from failed
 
     def _retry_later(self, exc: Exception) -> Retry:
         """Send this step again later: the store is out of reach, nothing was journaled."""

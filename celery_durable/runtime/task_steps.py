@@ -28,7 +28,6 @@ import contextlib
 import contextvars
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -38,11 +37,17 @@ from celery.exceptions import Retry, TimeLimitExceeded, WorkerLostError
 from celery.signals import task_failure, task_postrun, task_prerun, task_retry, task_success
 
 from celery_durable.engine.journal import Failure
-from celery_durable.errors import StoreError, WorkflowNotFound
+from celery_durable.errors import StoreError
 from celery_durable.runtime.ids import parse_step_task_id
 from celery_durable.runtime.losses import record_loss
 from celery_durable.runtime.orchestrator import StepOutcome
-from celery_durable.runtime.steps import DurableStep, StepInfo, enter_step, leave_step
+from celery_durable.runtime.steps import (
+    DurableStep,
+    StepInfo,
+    advance_patiently,
+    enter_step,
+    leave_step,
+)
 
 if TYPE_CHECKING:
     from celery_durable.runtime.durable import Durable
@@ -221,25 +226,15 @@ class PlainTaskSteps:
             name=sender.name,
         )
         durable = self._durable
-        deadline = time.monotonic() + durable.settings.outcome_patience
-        pause = 0.1
-        while True:
-            try:
-                durable.advance(running.workflow_id, outcome)
-                return
-            except WorkflowNotFound:
-                logger.error("step %s: its workflow vanished from the store", task_id)
-                return
-            except StoreError as exc:
-                if time.monotonic() + pause > deadline:
-                    # Recovery sends it again once its beats stop: at least once.
-                    logger.error("step %s: outcome not journaled (%s)", task_id, exc)
-                    return
-                logger.warning(
-                    "step %s: store unavailable (%s); journaling its outcome again in %.1f s",
-                    task_id,
-                    exc,
-                    pause,
-                )
-                time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+        failed = advance_patiently(
+            durable,
+            running.workflow_id,
+            outcome,
+            None,
+            durable.settings.outcome_patience,
+            None,
+            task_id,
+        )
+        if failed is not None:
+            # Recovery sends it again once its beats stop: at least once.
+            logger.error("step %s: outcome not journaled (%s)", task_id, failed)
