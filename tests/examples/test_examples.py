@@ -46,6 +46,7 @@ def test_demo_runs_every_example_on_the_embedded_default(tmp_path: Path) -> None
     assert "order-1 result: order-1 shipped, without a fraud check" in out
     assert "order-2 result: order-2 shipped, fraud-checked" in out
     assert "demo finished" in out
+    assert "-m celery -A examples.app durable web" in out  # how to open the console
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
