@@ -10,8 +10,10 @@ only when a process died, nothing while tasks succeed:
 * a step lost once more after ``durable_max_resends`` re-sends fails for good with
   ``StepFailed`` of type ``"StepLost"`` (the workflow's ``except`` blocks and compensations
   run) instead of killing worker after worker for ever;
-* below that, the loss is counted and the step is sent again (by Celery's requeue, or
-  here after a hard time limit, whose message Celery acked);
+* below that, the loss is counted and the step is sent again here, as a new message,
+  and the lost copy is acked: never by Celery's requeue, whose redelivery counts toward a
+  RabbitMQ quorum queue's ``x-delivery-limit`` (after which the broker drops the message
+  and the step would wait ``durable_step_timeout``); the journal's count is the bound;
 * an orchestrator pass killed by its hard time limit (workflow code that blocks and
   swallowed the soft limit), or one that killed its process more than
   ``durable_max_resends`` times in a row, parks its instance as ``stuck``.
@@ -65,23 +67,23 @@ class DurableStepRequest(Request):  # type: ignore[misc]
             accepted_at = None
             if self.time_start:  # wall-clock time the pool accepted it, in the runtime's clock
                 accepted_at = durable.now() - timedelta(seconds=time.time() - self.time_start)
-            again = True
+            handled = False
             try:
-                again = record_loss(
+                handled = record_loss(
                     durable,
                     self.id,
                     self.task.name,
                     tuple(self.args or ()),
                     dict(self.kwargs or {}),
-                    acked=isinstance(died, TimeLimitExceeded),
                     why=f"{type(died).__name__}: {died}",
                     accepted_at=accepted_at,
                 )
             except Exception:  # never let the bookkeeping break Celery's own handling
                 logger.exception("step %s: could not journal its lost run", self.id)
-            if not again:
-                # Journaled, failed for good, or already sent again by recovery: Celery
-                # must not requeue this copy too (its reject is then a no-op).
+            if handled:
+                # Journaled, failed for good, or sent again as a new message: Celery must
+                # not requeue this copy too (its reject is then a no-op). Unhandled (the
+                # store is down), Celery's requeue brings the step back.
                 self.acknowledge()
         return super().on_failure(exc_info, send_failed_event, return_ok)
 
@@ -94,8 +96,8 @@ _PASS_LOSSES: Counter[str] = Counter()
 class ResumeRequest(Request):  # type: ignore[misc]
     """The Request of the orchestrator task: parks an instance whose pass was killed by
     its hard time limit (workflow code that blocks), or whose passes killed their pool
-    process more than ``durable_max_resends`` times in a row on this worker (Celery would
-    requeue the pass, and lose a process, for ever)."""
+    process more than ``durable_max_resends`` times in a row on this worker (a requeued
+    pass would lose a process for ever); below that, sends the pass again."""
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -103,8 +105,9 @@ class ResumeRequest(Request):  # type: ignore[misc]
         died = _died(exc_info)
         if died is not None and self.args:
             try:
-                _pass_died(self.task.durable, str(self.args[0]), died)
-            except Exception:
+                if _pass_died(self.task.durable, str(self.args[0]), died):
+                    self.acknowledge()  # sent again as a new message, or parked
+            except Exception:  # Celery's requeue (or, after a time limit, the tick) then
                 logger.exception("resume %s: could not park its instance", self.id)
         elif self.args:
             _PASS_LOSSES.pop(str(self.args[0]), None)
@@ -116,9 +119,11 @@ class ResumeRequest(Request):  # type: ignore[misc]
         return super().on_success(failed__retval__runtime, **kwargs)
 
 
-def _pass_died(durable: Durable, workflow_id: str, died: BaseException) -> None:
+def _pass_died(durable: Durable, workflow_id: str, died: BaseException) -> bool:
     """An orchestrator pass of ``workflow_id`` died with its process: park the instance if
-    a hard time limit killed it, or if its passes keep killing their process."""
+    a hard time limit killed it, or if its passes keep killing their process; otherwise
+    send the pass again as a new message (as a lost step is: a broker's redelivery count
+    never decides). ``True`` once dealt with (the lost copy is then dropped)."""
     if isinstance(died, TimeLimitExceeded):
         limit = durable.settings.resume_time_limit
         message = (
@@ -128,10 +133,11 @@ def _pass_died(durable: Durable, workflow_id: str, died: BaseException) -> None:
             "a step, deploy, then retry the instance"
         )
         park(durable, workflow_id, Failure("TimeLimitExceeded", message))
-        return
+        return True
     _PASS_LOSSES[workflow_id] += 1
     if _PASS_LOSSES[workflow_id] <= durable.settings.max_resends:
-        return  # Celery requeues it: the process may have died for another reason
+        durable.send_resume(workflow_id)  # the process may have died for another reason
+        return True
     del _PASS_LOSSES[workflow_id]
     message = (
         f"its orchestrator pass killed the worker process running it "
@@ -139,6 +145,7 @@ def _pass_died(durable: Durable, workflow_id: str, died: BaseException) -> None:
         "not crash the interpreter; fix it, deploy, then retry the instance"
     )
     park(durable, workflow_id, Failure("WorkerLostError", message))
+    return True
 
 
 def record_loss(
@@ -148,7 +155,6 @@ def record_loss(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
-    acked: bool,
     why: str,
     accepted_at: datetime | None = None,
 ) -> bool:
@@ -159,25 +165,28 @@ def record_loss(
     after recovery took the silent step for lost, counted it and sent it again, or after
     a newer run marked it; then nothing more is counted.
 
+    A step that must go again is sent here as a new message (the caller then drops the
+    lost copy): a broker's own redelivery count (a quorum queue's ``x-delivery-limit``)
+    never decides, the journal's ``resends`` against ``durable_max_resends`` does.
+
     Args:
-        acked: Celery acked the message (a hard time limit), so the step is sent again
-            here; otherwise Celery requeues it.
         why: the exception the main process saw, for the log.
         accepted_at: when the pool accepted this run (the runtime's clock), if known.
 
     Returns:
-        ``True`` if the step must go again by this message (Celery's requeue); ``False``
-        if this copy must be dropped: the step is journaled, failed for good
-        (``StepLost``), or was already sent again.
+        ``True`` if the loss is dealt with and the lost copy must be dropped: the step is
+        journaled, failed for good (``StepLost``), or sent again (here or before);
+        ``False`` if it could not be recorded (a journal moving under every try, or not
+        a step's task id): then the message's own redelivery, if any, brings it back.
     """
     identity = parse_step_task_id(task_id)
     if identity is None:
-        return True
+        return False
     workflow_id, run, seq = identity
     for _ in range(_ROUNDS):
         loaded = durable.store.load(workflow_id)
         if loaded is None:
-            return False
+            return True
         instance, events = loaded
         event = events[seq] if seq < len(events) else None
         if (
@@ -188,13 +197,12 @@ def record_loss(
             or event.name != name
             or event.state.is_final
         ):
-            return False  # journaled meanwhile, or not this run's: nothing was lost
+            return True  # journaled meanwhile, or not this run's: nothing was lost
         whose = _whose_mark(durable, event, accepted_at)
         if whose == "unmarked":
             # It died before its start mark: not a loss to count; it just goes again.
-            if acked:
-                durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
-            return not acked
+            durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
+            return True
         if whose == "newer":
             logger.info(
                 "workflow %s: step %s (seq %d) lost its process (%s), but it was already "
@@ -204,7 +212,7 @@ def record_loss(
                 seq,
                 why,
             )
-            return False
+            return True
         now = durable.now()
         if event.resends >= durable.settings.max_resends:
             failure = Failure(
@@ -217,7 +225,7 @@ def record_loss(
             if commit_beside(durable, instance, outcomes=[failed], wake_at=durable.redrive_at()):
                 logger.error("workflow %s: %s", workflow_id, failure.message)
                 durable.send_resume(workflow_id)  # the workflow handles the failure
-                return False
+                return True
             continue
         wake_at = now + durable.redrive_after
         if instance.wake_at is not None:
@@ -233,10 +241,9 @@ def record_loss(
                 event.resends + 1,
                 durable.settings.max_resends,
             )
-            if acked:
-                durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
-            return not acked
-    return True
+            durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
+            return True
+    return False
 
 
 def _whose_mark(durable: Durable, event: Event, accepted_at: datetime | None) -> str:

@@ -158,7 +158,6 @@ class PlainTaskSteps:
                     sender.name,
                     tuple(args or ()),
                     dict(kwargs or {}),
-                    acked=True,  # not requeued by Celery (a plain task's early ack)
                     why=f"{type(exception).__name__}: {exception}",
                 )
             except Exception:  # never let the bookkeeping break Celery's own handling

@@ -53,19 +53,20 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
         app.conf.durable_max_resends = int(env["TRUST_MAX_RESENDS"])
     if "TRUST_START_IN_CALLER" in env:
         app.conf.durable_start_in_caller = env["TRUST_START_IN_CALLER"] == "1"
-    if "TRUST_QUORUM_DELIVERY_LIMIT" in env:
-        # A RabbitMQ quorum queue that drops a message after this many deliveries (no
-        # dead-letter exchange): what RabbitMQ 4's default of 20 does to a poison step.
+    if "TRUST_QUORUM_EXCHANGE" in env:
+        # A RabbitMQ quorum queue on a direct or a topic exchange (Celery's native delayed
+        # delivery needs a topic one) that, with TRUST_QUORUM_DELIVERY_LIMIT, drops a
+        # message after that many deliveries (no dead-letter exchange).
         queue = env["TRUST_QUEUE"]
+        arguments: dict[str, object] = {"x-queue-type": "quorum"}
+        if "TRUST_QUORUM_DELIVERY_LIMIT" in env:
+            arguments["x-delivery-limit"] = int(env["TRUST_QUORUM_DELIVERY_LIMIT"])
         app.conf.task_queues = [
             Queue(
                 queue,
-                Exchange(queue),
+                Exchange(queue, type=env["TRUST_QUORUM_EXCHANGE"]),
                 routing_key=queue,
-                queue_arguments={
-                    "x-queue-type": "quorum",
-                    "x-delivery-limit": int(env["TRUST_QUORUM_DELIVERY_LIMIT"]),
-                },
+                queue_arguments=arguments,
             )
         ]
     durable = Durable(app)
