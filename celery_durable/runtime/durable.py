@@ -56,7 +56,7 @@ from celery_durable.runtime.orchestrator import (
     first_pass,
 )
 from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
-from celery_durable.runtime.settings import Settings
+from celery_durable.runtime.settings import Settings, without_held_etas
 from celery_durable.runtime.steps import DurableStep, step_task_id
 from celery_durable.runtime.task_steps import PlainTaskSteps
 from celery_durable.stores.base import Store, open_store
@@ -236,7 +236,7 @@ class Durable:
     def settings(self) -> Settings:
         """The ``durable_*`` settings, read from ``app.conf`` on first use."""
         if self._settings is None:
-            self._settings = Settings.from_conf(self.app.conf)
+            self._settings = without_held_etas(self.app, Settings.from_conf(self.app.conf))
         return self._settings
 
     @property

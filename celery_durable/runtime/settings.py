@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery_durable.errors import ConfigurationError
 from celery_durable.runtime.codec import content_type
 from celery_durable.stores.base import DEFAULT_URL
+
+logger = logging.getLogger("celery_durable")
+
+#: The ``eta_max`` under which no timer is sent as an ETA message: every timer is kept in
+#: the store and the tick fires it.
+TIMERS_IN_STORE = 0.001
 
 
 @dataclass(frozen=True)
@@ -208,8 +215,7 @@ def _check_consumer_timeout(conf: Any, eta_max: float) -> None:
     visible to the client: it is taken as RabbitMQ's default, 30 minutes, unless
     ``broker_transport_options["consumer_timeout"]`` (seconds) says otherwise.
     """
-    url = str(conf.get("broker_url") or conf.get("broker_write_url") or "")
-    if url.split("://", 1)[0].split("+")[0].lower() not in _AMQP_SCHEMES:
+    if not _on_rabbitmq(conf):
         return
     options = conf.get("broker_transport_options") or {}
     timeout = options.get("consumer_timeout", RABBITMQ_CONSUMER_TIMEOUT)
@@ -222,6 +228,47 @@ def _check_consumer_timeout(conf: Any, eta_max: float) -> None:
             "live in the store and the tick fires them), or, if the server's consumer_timeout "
             "is higher, say so in broker_transport_options['consumer_timeout'] (seconds)"
         )
+
+
+def _on_rabbitmq(conf: Any) -> bool:
+    url = str(conf.get("broker_url") or conf.get("broker_write_url") or "")
+    return url.split("://", 1)[0].split("+")[0].lower() in _AMQP_SCHEMES
+
+
+def without_held_etas(app: Any, settings: Settings) -> Settings:
+    """``settings`` with every timer kept in the store if an ETA message would block a
+    worker: on RabbitMQ, a quorum queue bound to a direct exchange.
+
+    A quorum queue has no global QoS, so Celery cannot raise a consumer's prefetch for
+    the ETA messages it holds; its native delayed delivery (RabbitMQ's own delay
+    exchanges) needs a topic exchange. On a direct one, a worker would hold each timer's
+    message in one of its prefetch slots until due: two 5-minute ``ctx.sleep`` calls
+    would stop a worker of concurrency 2 taking anything for five minutes. So none is
+    sent; the tick fires every timer (within ``durable_tick_interval``), and a warning
+    names the fix.
+    """
+    if settings.eta_max <= TIMERS_IN_STORE or not _on_rabbitmq(app.conf):
+        return settings
+    held = sorted(
+        name
+        for name, queue in app.amqp.queues.items()
+        if (queue.queue_arguments or {}).get("x-queue-type") == "quorum"
+        and (queue.exchange is None or queue.exchange.type == "direct")
+    )
+    if not held:
+        return settings
+    logger.warning(
+        "celery_durable: %s %s a RabbitMQ quorum queue on a direct exchange, where a worker "
+        "holds a message with an ETA in one of its prefetch slots until it is due (Celery's "
+        "native delayed delivery needs a topic exchange): no timer is sent as an ETA "
+        "message, the tick fires each (within durable_tick_interval, %g s). Declare the "
+        "queue's exchange as Exchange(name, type='topic') to have RabbitMQ delay them; "
+        "Celery's own retry countdowns on that queue still hold a slot",
+        ", ".join(repr(name) for name in held),
+        "is" if len(held) == 1 else "are",
+        settings.tick_interval,
+    )
+    return replace(settings, eta_max=TIMERS_IN_STORE)
 
 
 def _accept_content(value: Any, serializer: str) -> tuple[str, ...]:

@@ -35,6 +35,7 @@ from celery.contrib.testing.worker import start_worker, test_worker_started
 from celery_durable.client import WorkflowHandle
 from celery_durable.errors import ConfigurationError
 from celery_durable.runtime.durable import RESUME_TASK, Durable, runtime_of
+from celery_durable.runtime.settings import TIMERS_IN_STORE
 from celery_durable.runtime.steps import DurableStep
 from celery_durable.stores.base import Store, open_store
 from celery_durable.testing.activity import Messages, survey
@@ -48,10 +49,6 @@ R = TypeVar("R")
 #: The longest the worker's consumer loop waits for a message before it looks around.
 DRAIN_TIMEOUT = 0.05
 _UNSET = object()
-
-#: Every timer is kept in the store and fired by a tick, never sent as an ETA message:
-#: then the environment's clock alone decides when it fires.
-TIMERS_IN_STORE = 0.001
 
 
 class DurableTestEnv:

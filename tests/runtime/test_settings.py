@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from celery import Celery
+from kombu import Exchange, Queue
 
+from celery_durable import Durable
 from celery_durable.errors import ConfigurationError
-from celery_durable.runtime.settings import Settings
+from celery_durable.runtime.settings import TIMERS_IN_STORE, Settings, without_held_etas
 
 NUMBERS = [
     "eta_max",
@@ -82,3 +86,38 @@ def test_eta_max_stays_below_rabbitmqs_consumer_timeout() -> None:
     redis_app = Celery("settings", broker="redis://localhost", set_as_current=False)
     redis_app.conf.durable_eta_max = 1800
     assert Settings.from_conf(redis_app.conf).eta_max == 1800.0
+
+
+def _quorum_app(broker: str, exchange_type: str) -> Celery:
+    app = Celery("settings", broker=broker, set_as_current=False)
+    app.conf.task_queues = [
+        Queue(
+            "orders",
+            Exchange("orders", type=exchange_type),
+            routing_key="orders",
+            queue_arguments={"x-queue-type": "quorum"},
+        ),
+        Queue("classic", Exchange("classic"), routing_key="classic"),
+    ]
+    return app
+
+
+def test_a_quorum_queue_on_a_direct_exchange_keeps_every_timer_in_the_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker would hold an ETA message in a prefetch slot until due there (no global
+    QoS, and Celery's native delayed delivery needs a topic exchange): none is sent."""
+    app = _quorum_app("amqp://guest@localhost//", "direct")
+    with caplog.at_level(logging.WARNING, logger="celery_durable"):
+        settings = without_held_etas(app, Settings.from_conf(app.conf))
+    assert settings.eta_max == TIMERS_IN_STORE
+    assert "'orders' is a RabbitMQ quorum queue on a direct exchange" in caplog.text
+    assert "Exchange(name, type='topic')" in caplog.text
+    assert Durable(app).settings.eta_max == TIMERS_IN_STORE  # what the runtime uses
+    for kept in (
+        _quorum_app("amqp://guest@localhost//", "topic"),  # RabbitMQ delays them itself
+        _quorum_app("redis://localhost", "direct"),  # not RabbitMQ: queue arguments unused
+    ):
+        assert without_held_etas(kept, Settings.from_conf(kept.conf)).eta_max == 300.0
+    classic = Celery("settings", broker="amqp://guest@localhost//", set_as_current=False)
+    assert without_held_etas(classic, Settings.from_conf(classic.conf)).eta_max == 300.0
