@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from celery_durable import faults
 from celery_durable.errors import ConfigurationError
 
 _DRIVERS = {
@@ -160,6 +161,7 @@ class DjangoStepTransactions:
                     if retry_on(exc):
                         raise RetryStep(exc) from exc
                     failure, error = Failure.from_exception(exc), exc
+                faults.point(faults.STEP_EFFECT)
                 state = State.COMPLETED if failure is None else State.FAILED
                 cursor.execute(
                     "UPDATE durable_events SET state = %s, output = %s, failure = %s,"

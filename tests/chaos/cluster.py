@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -78,9 +78,15 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def worker(self, name: str, concurrency: int = 2, env: dict[str, str] | None = None) -> Proc:
+    def worker(
+        self,
+        name: str,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> Proc:
         """Start ``celery worker --pool=prefork`` (unique node name, no gossip/mingle),
-        with ``env`` added to the cluster's environment."""
+        with ``env`` added to the cluster's environment and ``args`` to its command."""
         return self._spawn(
             name,
             [
@@ -93,6 +99,7 @@ class Cluster:
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *args,
             ],
             env,
         )

@@ -2,7 +2,8 @@
 Redis, settings from ``CELERY_DURABLE_*``, the journal in the project's own database
 (SQLite file or PostgreSQL), a workflow over an existing ``@shared_task`` and an
 exactly-once database step, and the console served under ``/durable/`` beside Django by
-the project's ASGI application."""
+the project's ASGI application; and a prefork worker whose pool process is SIGKILLed
+between the example's ORM write and the commit that journals it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from chaos.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "examples" / "django_project"
@@ -138,3 +140,79 @@ def test_the_django_project(tmp_path: Path, redis_url: str, database: str) -> No
         200,
         {"id": seen["page"][1]["id"], "status": "reserved", "confirmed": True},
     ]
+
+
+CLIENT = """
+import json, sys
+import django
+django.setup()
+from django.core.management import call_command
+if sys.argv[1] == "migrate":
+    call_command("migrate", verbosity=0)
+    raise SystemExit
+from orders.models import Order
+from orders.workflows import place_order
+order = Order.objects.create(item="a lamp")
+handle = place_order.delay(order.id)
+result = handle.result(timeout=90)
+order.refresh_from_db()
+print(json.dumps({
+    "result": result,
+    "order": [order.status, order.confirmed],
+    "steps": [[e.name.rsplit(".", 1)[-1], e.state.value, e.attempts] for e in handle.history()],
+}))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_kill_between_the_orm_write_and_its_commit_reserves_once(
+    tmp_path: Path, redis_url: str, database: str
+) -> None:
+    """``transactional="django"``: the pool process running ``reserve`` dies after its ORM
+    update and before the commit that journals it. The update dies with the transaction;
+    the step is sent again and reserves the order once (a leaked first write would make
+    the second run find the order reserved and fail the workflow with LookupError)."""
+    crash_dir = tmp_path / "crash"
+    crash_dir.mkdir()
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(PROJECT), str(ROOT), str(Path(__file__).parent)]),
+        "PYTHONWARNINGS": "",
+        "DJANGO_SETTINGS_MODULE": "shop.settings",
+        "SHOP_DATABASE": database,
+        "CELERY_BROKER_URL": redis_url,
+        "DJANGO_CRASH_DIR": str(crash_dir),
+    }
+
+    def client(command: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", CLIENT, command],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    client("migrate")
+    (crash_dir / "step.effect").touch()
+    (tmp_path / "run").mkdir()
+    cluster = Cluster(tmp_path / "run", env, app_module="shop")
+    try:
+        worker = cluster.worker("worker", concurrency=2, args=["--include", "django_crash"])
+        cluster.wait_ready(worker)
+        try:
+            seen = json.loads(client("place").strip().splitlines()[-1])
+        except AssertionError:
+            print(cluster.logs())
+            raise
+        log = worker.log_text()
+    finally:
+        cluster.stop_all()
+    assert (crash_dir / "step.effect.fired").exists()  # the first run did die there
+    assert "lost its process" in log
+    assert seen["result"] == "confirmation sent for order 1"
+    assert seen["order"] == ["reserved", True]
+    assert seen["steps"] == [["reserve", "completed", 2], ["send_confirmation", "completed", 1]]
