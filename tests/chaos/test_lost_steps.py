@@ -1,4 +1,4 @@
-"""Steps lost with their worker, on real prefork workers (subprocesses) and Redis.
+"""Steps lost with their worker, on real prefork workers (subprocesses), Redis and RabbitMQ.
 
 * A poison step (it SIGKILLs its own pool process every time, as the OOM killer or a
   segfault would) is sent again ``durable_max_resends`` times, then fails with
@@ -88,22 +88,26 @@ def _trust(root: Path, redis_url: str, store: str, **extra: str) -> Iterator[Tru
         app.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def trust(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, postgres_url: str
-) -> Iterator[Trust]:
-    if request.param == "sqlite":
+#: (store, broker) of the tests that take the ``trust`` fixture: each store and each
+#: broker (RabbitMQ gives a dead consumer's messages back at once; Redis keeps them).
+PAIRS = [("sqlite", "redis"), ("postgresql", "redis"), ("sqlite", "rabbitmq")]
+
+
+@pytest.fixture(params=PAIRS, ids=["-".join(pair) for pair in PAIRS])
+def trust(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Trust]:
+    kind, broker = request.param
+    if kind == "sqlite":
         store = f"sqlite:///{tmp_path}/journal.sqlite3"
     else:
         store = create_database(postgres_url, f"trust_{os.getpid()}_{next(_databases)}")
-    yield from _trust(tmp_path / "run", redis_url, store)
+    yield from _trust(tmp_path / "run", request.getfixturevalue(f"{broker}_url"), store)
 
 
 @pytest.fixture
-def trust_sqlite(tmp_path: Path, redis_url: str) -> Iterator[Trust]:
+def trust_sqlite(tmp_path: Path, broker_url: str) -> Iterator[Trust]:
     yield from _trust(
         tmp_path / "run",
-        redis_url,
+        broker_url,
         f"sqlite:///{tmp_path}/journal.sqlite3",
         TRUST_RESUME_TIME_LIMIT="2",
         # The first pass on a worker, under its time limit (in the caller, workflow code
@@ -211,12 +215,12 @@ def test_workflow_code_that_blocks_parks_on_the_resume_time_limit(trust_sqlite: 
 
 
 @pytest.fixture
-def trust_sqlite_defaults(tmp_path: Path, redis_url: str) -> Iterator[Trust]:
+def trust_sqlite_defaults(tmp_path: Path, broker_url: str) -> Iterator[Trust]:
     # Default settings but the first pass on a worker: the crashing workflow code would
     # kill the caller (pytest) in its first pass otherwise.
     yield from _trust(
         tmp_path / "run",
-        redis_url,
+        broker_url,
         f"sqlite:///{tmp_path}/journal.sqlite3",
         TRUST_START_IN_CALLER="0",
     )
