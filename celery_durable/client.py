@@ -84,8 +84,9 @@ class Runtime(Protocol):
         """The codec called ``name`` (the configured one when ``None``)."""
         ...
 
-    def send_resume(self, instance_id: str, countdown: float | None = None) -> None:
-        """Publish a message that runs the instance's orchestrator."""
+    def send_resume(self, instance_id: str, countdown: float | None = None) -> bool:
+        """Publish a message that runs the instance's orchestrator (``False`` if the
+        broker was down: the instance's ``wake_at`` was pulled for the tick instead)."""
         ...
 
     def first_pass(self, instance: Instance) -> FirstPassLike | None:

@@ -6,6 +6,7 @@ This is the only layer that imports celery. It registers one orchestrator task,
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -55,6 +56,7 @@ from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
 from celery_durable.runtime.settings import Settings, without_held_etas
 from celery_durable.runtime.steps import DurableStep, step_task_id
 from celery_durable.runtime.task_steps import PlainTaskSteps
+from celery_durable.runtime.unsent import broker_errors, resume_unsent, step_unsent
 from celery_durable.runtime.workflow import Workflow as Workflow
 from celery_durable.runtime.workflow import WorkflowFunction
 from celery_durable.stores.base import Store, open_store
@@ -445,15 +447,30 @@ class Durable:
             f"or a task name, not {type(task).__name__}; for a local function use ctx.run()"
         )
 
-    def send_step(self, instance_id: str, step: ScheduleStep, run: int = 1) -> None:
+    def send_step(self, instance_id: str, step: ScheduleStep, run: int = 1) -> bool:
         """Publish a committed step of run ``run``; its task id is ``"<instance_id>:<seq>"``
-        (``"<instance_id>:<seq>~<run>"`` from the second run on)."""
+        (``"<instance_id>:<seq>~<run>"`` from the second run on).
+
+        Returns:
+            ``False`` if the broker could not be reached: the journal then has the step
+            sent again by the first tick the broker takes (:mod:`.unsent`).
+        """
         task_id = step_task_id(instance_id, step.seq, run)
         task = self.app.tasks.get(step.name)
-        if task is not None:
-            task.apply_async(step.args, step.kwargs, task_id=task_id)
-        else:
-            self.app.send_task(step.name, step.args, step.kwargs, task_id=task_id)
+        try:
+            if task is not None:
+                task.apply_async(step.args, step.kwargs, task_id=task_id)
+            else:
+                self.app.send_task(step.name, step.args, step.kwargs, task_id=task_id)
+        except self.broker_errors as exc:
+            step_unsent(self, instance_id, run, step.seq, step.name, exc)
+            return False
+        return True
+
+    @functools.cached_property
+    def broker_errors(self) -> tuple[type[BaseException], ...]:
+        """What a publish raises when the broker cannot be reached."""
+        return broker_errors(self.app)
 
     def first_pass(self, instance: Instance) -> FirstPass | None:
         """The first orchestrator pass of an instance about to be created, run in this
@@ -472,13 +489,17 @@ class Durable:
 
     def send_resume(
         self, instance_id: str, countdown: float | None = None, producer: Any = None
-    ) -> None:
+    ) -> bool:
         """Publish a message that runs the instance's orchestrator on some worker.
 
         Its task id starts with the workflow id (``"<id>:resume:<random>"``), so the
         worker's log lines about it name the workflow; it carries the pass's time limits
         (``durable_resume_time_limit``). ``producer``: a kombu producer to publish
         with (the tick passes one for its whole batch).
+
+        Returns:
+            ``False`` if the broker could not be reached: the instance's ``wake_at`` is
+            then pulled to when the message was due, for the tick (:mod:`.unsent`).
         """
         limit = self.settings.resume_time_limit
         options: dict[str, Any] = {
@@ -492,7 +513,12 @@ class Durable:
             options["countdown"] = countdown
         if producer is not None:
             options["producer"] = producer  # the tick's, shared by its whole batch
-        self._resume_task.apply_async((instance_id,), **options)
+        try:
+            self._resume_task.apply_async((instance_id,), **options)
+        except self.broker_errors as exc:
+            resume_unsent(self, instance_id, countdown, exc)
+            return False
+        return True
 
     def _register_tick_task(self) -> Any:
         durable = self

@@ -156,13 +156,36 @@ def recover(durable: Durable, limit: int | None = None) -> int:
     while limit is None or sent < limit:
         batch = CLAIM_BATCH if limit is None else min(CLAIM_BATCH, limit - sent)
         claimed = durable.store.claim_due(now, lease_until, batch)
-        if claimed:
-            # One producer (one broker connection and channel) for the whole batch.
-            with durable.app.producer_or_acquire() as producer:
-                for instance_id in claimed:
-                    durable.send_resume(instance_id, producer=producer)
-        sent += len(claimed)
-        if len(claimed) < batch:
-            break
+        done = _send_resumes(durable, claimed)
+        sent += done
+        if done < len(claimed) or len(claimed) < batch:
+            break  # the broker is down (the rest were handed back), or nothing more due
     observe.ticked(durable, late, now, sent)
+    return sent
+
+
+def _send_resumes(durable: Durable, claimed: list[str]) -> int:
+    """Send the claimed instances their resume messages, with one producer (one broker
+    connection and channel) for the batch. From the first that cannot be sent (the
+    broker is down) on, the claimed instances are handed back (``wake_at`` now) unsent,
+    for the next tick.
+
+    Returns:
+        How many were sent.
+    """
+    if not claimed:
+        return 0
+    sent = 0
+    try:
+        with durable.app.producer_or_acquire() as producer:
+            for instance_id in claimed:
+                if not durable.send_resume(instance_id, producer=producer):
+                    break
+                sent += 1
+    except durable.broker_errors:
+        pass
+    if sent < len(claimed):
+        now = durable.now()
+        for instance_id in claimed[sent:]:
+            durable.store.pull_wake_at(instance_id, now)
     return sent

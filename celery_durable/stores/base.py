@@ -250,6 +250,17 @@ class Store(Protocol):
         """
         ...
 
+    def pull_wake_at(self, instance_id: str, wake_by: datetime) -> bool:
+        """Pull a pending or running instance's ``wake_at`` to ``wake_by`` if later or
+        unset (version bumped, as a signal does): a message the instance needed could not
+        be sent (the broker is down), so the tick must look at it as soon as it can.
+
+        Returns:
+            ``True`` if the instance is live (pending or running); ``False`` if it is
+            stuck, finished, or missing (nothing written).
+        """
+        ...
+
     def beat_worker(
         self, worker_id: str, at: datetime, held: Sequence[tuple[str, int, int]]
     ) -> None:

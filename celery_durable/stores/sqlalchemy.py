@@ -468,18 +468,26 @@ class SQLAlchemyStore(StepTransactions, WorkerRegistry):
             instance_id, wake_by, lambda _conn: {"cancel_requested": True}
         )
 
+    def pull_wake_at(self, instance_id: str, wake_by: datetime) -> bool:
+        """Pull a live instance's ``wake_at`` (see ``Store.pull_wake_at``)."""
+        before = self._change_unfinished(instance_id, wake_by, lambda _conn: {}, live=True)
+        return before is not None and before.status in (Status.PENDING, Status.RUNNING)
+
     def _change_unfinished(
         self,
         instance_id: str,
         wake_by: datetime,
         change: Callable[[Connection], dict[str, Any]],
+        *,
+        live: bool = False,
     ) -> Instance | None:
         """Change an unfinished instance from outside its orchestrator (a signal, a cancel
         request): one transaction that locks the instance row first, as a commit does
         (``FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` locks the database), applies
         ``change`` (its column values are added to the instance's update), bumps the
         version so a pass that read the instance before re-reads, and pulls a live
-        instance's ``wake_at`` to ``wake_by``. A finished instance is left as it is.
+        instance's ``wake_at`` to ``wake_by``. A finished instance is left as it is (with
+        ``live``, a stuck one too).
 
         Returns:
             The instance as it was before, or ``None`` if there is none.
@@ -496,7 +504,7 @@ class SQLAlchemyStore(StepTransactions, WorkerRegistry):
             if row is None:
                 return None
             before = instance_from_row(row)
-            if before.status.is_terminal:
+            if before.status.is_terminal or (live and before.status is Status.STUCK):
                 return before
             values = {**change(conn), "version": instances.c.version + 1}
             if before.status in (Status.PENDING, Status.RUNNING) and (

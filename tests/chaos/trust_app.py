@@ -51,6 +51,8 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
             app.conf[f"durable_{setting}"] = float(env[f"TRUST_{setting.upper()}"])
     if "TRUST_MAX_RESENDS" in env:
         app.conf.durable_max_resends = int(env["TRUST_MAX_RESENDS"])
+    if "TRUST_EAGER_STEPS" in env:
+        app.conf.durable_eager_steps = int(env["TRUST_EAGER_STEPS"])
     if "TRUST_START_IN_CALLER" in env:
         app.conf.durable_start_in_caller = env["TRUST_START_IN_CALLER"] == "1"
     if "TRUST_QUORUM_EXCHANGE" in env:

@@ -188,9 +188,10 @@ def test_two_ticks_at_once_claim_each_instance_once(durable: Durable) -> None:
     sent: list[str] = []
     lock = threading.Lock()
 
-    def send_resume(instance_id: str, countdown: float | None = None, producer: Any = None) -> None:
+    def send_resume(instance_id: str, countdown: float | None = None, producer: Any = None) -> bool:
         with lock:
             sent.append(instance_id)
+        return True
 
     durable.send_resume = send_resume  # type: ignore[method-assign]
     ids = {wf.delay().id for _ in range(300)}

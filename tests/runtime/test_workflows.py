@@ -196,10 +196,10 @@ def test_duplicate_delivery_journals_one_outcome_and_schedules_next_once(
 
     send_step = durable.send_step
 
-    def send_twice(instance_id: str, step: Any, run: int = 1) -> None:
+    def send_twice(instance_id: str, step: Any, run: int = 1) -> bool:
         dispatched[step.seq] += 1
         send_step(instance_id, step, run)
-        send_step(instance_id, step, run)  # the broker delivers it twice
+        return send_step(instance_id, step, run)  # the broker delivers it twice
 
     monkeypatch.setattr(durable, "send_step", send_twice)
     with worker():
@@ -239,11 +239,12 @@ def test_concurrent_resumes_never_double_schedule(
 
     send_step = durable.send_step
 
-    def counting(instance_id: str, step: Any, run: int = 1) -> None:
+    def counting(instance_id: str, step: Any, run: int = 1) -> bool:
         dispatched[step.seq] += 1
-        send_step(instance_id, step, run)
+        sent = send_step(instance_id, step, run)
         for _ in range(3):  # every pass is raced by three more orchestrators
             durable.send_resume(instance_id)
+        return sent
 
     monkeypatch.setattr(durable, "send_step", counting)
     with worker(concurrency=6):

@@ -1,9 +1,9 @@
 """The lifecycle part of the store contract: cancelling, bulk reads, and restarts.
 
 ``request_cancel`` (flags a live or stuck instance and bumps its version; a finished one
-is returned untouched), ``get_many``, and the restart commit of ``continue_as_new``
-(``Commit.restart_input``: the journal and input replaced, the cancel request cleared, the
-unconsumed signals kept).
+is returned untouched), ``pull_wake_at`` (a message that could not be sent),
+``get_many``, and the restart commit of ``continue_as_new`` (``Commit.restart_input``:
+the journal and input replaced, the cancel request cleared, the unconsumed signals kept).
 """
 
 from __future__ import annotations
@@ -72,6 +72,42 @@ class LifecycleContract:
             assert instance.wake_at == T0 + timedelta(seconds=expected), f"request {i}"
             assert instance.cancel_requested is True
             assert instance.version == i, "every request bumps the version"
+
+    # ------------------------------------------------------------------- pull_wake_at
+
+    @pytest.mark.parametrize("status", [Status.PENDING, Status.RUNNING])
+    def test_pull_wake_at_pulls_a_live_instance_earlier_never_later(
+        self, store: Store, status: Status
+    ) -> None:
+        store.create(make_instance("wf-pull", status=status, version=2))
+        pulls = [
+            # (wake_by, expected wake_at afterwards)
+            (60, 60),  # unset: set
+            (120, 60),  # later: kept
+            (30, 30),  # earlier: pulled
+        ]
+
+        for i, (wake_by, expected) in enumerate(pulls, start=1):
+            assert store.pull_wake_at("wf-pull", T0 + timedelta(seconds=wake_by)) is True
+            instance = store.get("wf-pull")
+            assert instance is not None
+            assert instance.wake_at == T0 + timedelta(seconds=expected), f"pull {i}"
+            assert instance.version == 2 + i, "every pull bumps the version"
+            assert instance.status is status
+
+    @pytest.mark.parametrize(
+        "status", [Status.STUCK, Status.COMPLETED, Status.FAILED, Status.CANCELLED]
+    )
+    def test_pull_wake_at_leaves_a_stuck_or_finished_instance_alone(
+        self, store: Store, status: Status
+    ) -> None:
+        failure = None if status is Status.COMPLETED else Failure("E", "m")
+        instance = make_instance("wf-pull-still", status=status, version=4, failure=failure)
+        store.create(instance)
+
+        assert store.pull_wake_at("wf-pull-still", T0) is False
+        assert store.get("wf-pull-still") == instance, "nothing written"
+        assert store.pull_wake_at("wf-missing", T0) is False
 
     @pytest.mark.parametrize("wake_at", [None, T0 + timedelta(hours=1)])
     def test_request_cancel_of_a_stuck_instance_keeps_its_wake_at(
