@@ -13,7 +13,9 @@ only when a process died, nothing while tasks succeed:
 * below that, the loss is counted and the step is sent again here, as a new message,
   and the lost copy is acked: never by Celery's requeue, whose redelivery counts toward a
   RabbitMQ quorum queue's ``x-delivery-limit`` (after which the broker drops the message
-  and the step would wait ``durable_step_timeout``); the journal's count is the bound;
+  and the step would wait ``durable_step_timeout``); the journal's count is the bound
+  (a run that died before its start mark, which the journal cannot count, is counted by
+  the worker's main process, to the same bound);
 * an orchestrator pass killed by its hard time limit (workflow code that blocks and
   swallowed the soft limit), or one that killed its process more than
   ``durable_max_resends`` times in a row, parks its instance as ``stuck``.
@@ -85,12 +87,22 @@ class DurableStepRequest(Request):  # type: ignore[misc]
                 # not requeue this copy too (its reject is then a no-op). Unhandled (the
                 # store is down), Celery's requeue brings the step back.
                 self.acknowledge()
+        elif _UNMARKED_LOSSES:
+            _UNMARKED_LOSSES.pop(self.id, None)
         return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> Any:
+        if _UNMARKED_LOSSES:  # (empty but after a process died under a step)
+            _UNMARKED_LOSSES.pop(self.id, None)
+        return super().on_success(failed__retval__runtime, **kwargs)
 
 
 #: Orchestrator passes of each instance that died with their pool process, as this
 #: worker's main process saw them (workflow code that crashes the interpreter).
 _PASS_LOSSES: Counter[str] = Counter()
+#: Runs of each step (task id) that died with their pool process before the start mark,
+#: as this worker's main process saw them: the journal cannot count those.
+_UNMARKED_LOSSES: Counter[str] = Counter()
 
 
 class ResumeRequest(Request):  # type: ignore[misc]
@@ -163,7 +175,9 @@ def record_loss(
     The loss counts only if the journal's start mark is this run's: a death the main
     process reports late (Celery finds dead pool processes every few seconds) may come
     after recovery took the silent step for lost, counted it and sent it again, or after
-    a newer run marked it; then nothing more is counted.
+    a newer run marked it; then nothing more is counted. A run that died before its start
+    mark is counted here, in this process, per task id: more than ``durable_max_resends``
+    of those fail the step too.
 
     A step that must go again is sent here as a new message (the caller then drops the
     lost copy): a broker's own redelivery count (a quorum queue's ``x-delivery-limit``)
@@ -183,6 +197,7 @@ def record_loss(
     if identity is None:
         return False
     workflow_id, run, seq = identity
+    counted = False
     for _ in range(_ROUNDS):
         loaded = durable.store.load(workflow_id)
         if loaded is None:
@@ -199,10 +214,18 @@ def record_loss(
         ):
             return True  # journaled meanwhile, or not this run's: nothing was lost
         whose = _whose_mark(durable, event, accepted_at)
+        unmarked = 0
         if whose == "unmarked":
-            # It died before its start mark: not a loss to count; it just goes again.
-            durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
-            return True
+            # It died before its start mark, so the journal has no run to count: this
+            # worker counts it (a step that kills its process before it can start, on
+            # its arguments or in a task_prerun handler, must not loop for ever either).
+            if not counted:  # (once, however many rounds the commit below takes)
+                _UNMARKED_LOSSES[task_id] += 1
+                counted = True
+            unmarked = _UNMARKED_LOSSES[task_id]
+            if unmarked <= durable.settings.max_resends:
+                durable.send_step(workflow_id, ScheduleStep(seq, name, args, kwargs), run)
+                return True
         if whose == "newer":
             logger.info(
                 "workflow %s: step %s (seq %d) lost its process (%s), but it was already "
@@ -214,15 +237,18 @@ def record_loss(
             )
             return True
         now = durable.now()
-        if event.resends >= durable.settings.max_resends:
+        if unmarked or event.resends >= durable.settings.max_resends:
+            lost = unmarked or event.resends + 1
+            before = " before it could start" if unmarked else ""
             failure = Failure(
                 "StepLost",
-                f"step {name!r} (seq {seq}) was lost {event.resends + 1} times ({why}): it "
-                f"was sent again {event.resends} times (durable_max_resends="
+                f"step {name!r} (seq {seq}) was lost {lost} times{before} ({why}): it was "
+                f"sent again {lost - 1} times (durable_max_resends="
                 f"{durable.settings.max_resends})",
             )
             failed = replace(event, state=State.FAILED, failure=failure, completed_at=now)
             if commit_beside(durable, instance, outcomes=[failed], wake_at=durable.redrive_at()):
+                _UNMARKED_LOSSES.pop(task_id, None)
                 logger.error("workflow %s: %s", workflow_id, failure.message)
                 durable.send_resume(workflow_id)  # the workflow handles the failure
                 return True

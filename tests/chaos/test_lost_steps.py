@@ -30,7 +30,16 @@ from celery_durable.client import start
 from chaos import report
 from chaos.apps import Record, read_records
 from chaos.cluster import Cluster, wait_for
-from chaos.trust_app import BLOCKS, CRASHES, OVER_TIME, PLAIN_POISON, POISON, SHORT, make_app
+from chaos.trust_app import (
+    BLOCKS,
+    CRASHES,
+    NEVER_STARTS,
+    OVER_TIME,
+    PLAIN_POISON,
+    POISON,
+    SHORT,
+    make_app,
+)
 
 #: The promise: a step whose worker died is sent again within this many seconds of the
 #: kill, plus one tick interval (5 s by default).
@@ -144,6 +153,29 @@ def test_an_existing_task_that_kills_its_process_fails_as_step_lost(trust_sqlite
     assert handle.result(timeout=1).startswith("StepLost: step 'trust.plain_poison' (seq 0)")
     assert len(trust.starts("plain_poison")) == 4
     assert len(trust.starts("undo")) == 1
+    assert worker.popen.poll() is None
+
+
+@pytest.mark.timeout(180)
+def test_a_step_that_kills_its_process_before_its_start_mark_fails_as_step_lost(
+    trust_sqlite: Trust,
+) -> None:
+    """Killed in a task_prerun handler, before the step's start mark: the journal has no
+    run to count, so the worker's main process counts the deaths (each sent again as a
+    new message, no broker redelivery) up to the same bound."""
+    trust = trust_sqlite
+    worker = trust.cluster.worker("worker", concurrency=2)
+    trust.cluster.wait_ready(worker)
+    handle = start(trust.durable, NEVER_STARTS, (), {})
+    assert trust.wait_done(handle.id, 120) is Status.COMPLETED
+    assert handle.result(timeout=1).startswith(
+        "StepLost: step 'trust.never_starts' (seq 0) was lost 4 times before it could start"
+    )
+    kills = [r for r in read_records(trust.record) if r.label == "never_starts"]
+    assert [r.event for r in kills] == ["prerun"] * 4  # its body never ran
+    assert len(trust.starts("undo")) == 1
+    step = handle.history()[0]
+    assert (step.state.value, step.attempts) == ("failed", 0)
     assert worker.popen.poll() is None
 
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from celery import Celery
+from celery.signals import task_prerun
 from kombu import Exchange, Queue
 
 from celery_durable import Durable, StepFailed, WorkflowContext, current_step, faults
@@ -27,6 +28,7 @@ from chaos.mix import log_line
 
 POISON = "trust.poison_workflow"
 PLAIN_POISON = "trust.plain_poison_workflow"
+NEVER_STARTS = "trust.never_starting_workflow"
 NAP = "trust.nap"
 SHORT = "trust.short_steps"
 OVER_TIME = "trust.over_time_workflow"
@@ -91,6 +93,18 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
         note("plain_poison", "start")
         os.kill(os.getpid(), signal.SIGKILL)
 
+    @durable.step(name="trust.never_starts")
+    def never_starts() -> None:
+        note("never_starts", "start")  # never reached: its task_prerun handler kills it
+
+    def kill_before_the_start_mark(**_: object) -> None:
+        """A task_prerun handler that crashes the process (as a faulty instrumentation
+        or a payload that crashes the interpreter would): before the step's start mark."""
+        log_line(record, "never_starts", "-", "prerun")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    task_prerun.connect(kill_before_the_start_mark, sender=never_starts, weak=False)
+
     @durable.step(name="trust.over_time", time_limit=1)
     def over_time() -> None:
         note("over_time", "start")
@@ -115,6 +129,10 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
     @durable.workflow(name=POISON)
     async def poison_workflow(ctx: WorkflowContext) -> str:
         return await survive(ctx, poison)
+
+    @durable.workflow(name=NEVER_STARTS)
+    async def never_starting_workflow(ctx: WorkflowContext) -> str:
+        return await survive(ctx, never_starts)
 
     @durable.workflow(name=PLAIN_POISON)
     async def plain_poison_workflow(ctx: WorkflowContext) -> str:
