@@ -7,10 +7,12 @@ import logging
 import pytest
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from celery_durable import Durable
 from celery_durable.errors import ConfigurationError
 from celery_durable.runtime.settings import TIMERS_IN_STORE, Settings, without_held_etas
+from celery_durable.runtime.unsent import broker_errors
 
 NUMBERS = [
     "eta_max",
@@ -121,3 +123,15 @@ def test_a_quorum_queue_on_a_direct_exchange_keeps_every_timer_in_the_store(
         assert without_held_etas(kept, Settings.from_conf(kept.conf)).eta_max == 300.0
     classic = Celery("settings", broker="amqp://guest@localhost//", set_as_current=False)
     assert without_held_etas(classic, Settings.from_conf(classic.conf)).eta_max == 300.0
+
+
+@pytest.mark.parametrize("broker", ["redis://localhost", "amqp://guest@localhost//"])
+def test_broker_errors_are_connection_errors_only(broker: str) -> None:
+    """What a publish may raise for the journal to take a message as unsent: never a
+    plain bug (kombu's Redis transport lists KeyError among its connection errors)."""
+    app = Celery("settings", broker=broker, set_as_current=False)
+    errors = broker_errors(app)
+    assert OperationalError in errors
+    assert OSError in errors
+    assert not any(issubclass(KeyError, error) for error in errors)
+    assert not any(issubclass(ValueError, error) for error in errors)
