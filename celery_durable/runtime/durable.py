@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 import threading
 import uuid
@@ -53,7 +54,7 @@ from celery_durable.runtime.orchestrator import (
     first_pass,
 )
 from celery_durable.runtime.recovery import HEARTBEAT_MISSES, recover
-from celery_durable.runtime.settings import Settings, without_held_etas
+from celery_durable.runtime.settings import Settings, whole_second_delays, without_held_etas
 from celery_durable.runtime.steps import DurableStep, step_task_id
 from celery_durable.runtime.task_steps import PlainTaskSteps
 from celery_durable.runtime.unsent import broker_errors, resume_unsent, step_unsent
@@ -472,6 +473,18 @@ class Durable:
         """What a publish raises when the broker cannot be reached."""
         return broker_errors(self.app)
 
+    @functools.cached_property
+    def _whole_second_delays(self) -> bool:
+        return whole_second_delays(self.app)
+
+    def broker_countdown(self, seconds: float) -> float:
+        """``seconds`` as a countdown the broker can carry: rounded up to whole seconds
+        where Celery's native delayed delivery carries it (RabbitMQ quorum queues), which
+        raises for a fraction below 1 s and would cut one short."""
+        if seconds > 0 and self._whole_second_delays:
+            return float(math.ceil(seconds))
+        return seconds
+
     def first_pass(self, instance: Instance) -> FirstPass | None:
         """The first orchestrator pass of an instance about to be created, run in this
         process (the caller of ``.delay()``): it is then stored with its first events in
@@ -510,7 +523,7 @@ class Durable:
         if self.settings.queue:
             options["queue"] = self.settings.queue
         if countdown:
-            options["countdown"] = countdown
+            options["countdown"] = self.broker_countdown(countdown)
         if producer is not None:
             options["producer"] = producer  # the tick's, shared by its whole batch
         try:

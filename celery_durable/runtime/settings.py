@@ -271,6 +271,16 @@ def without_held_etas(app: Any, settings: Settings) -> Settings:
     return replace(settings, eta_max=TIMERS_IN_STORE)
 
 
+def whole_second_delays(app: Any) -> bool:
+    """Whether the broker carries delays in whole seconds: on RabbitMQ with a quorum
+    queue, Celery's native delayed delivery routes a countdown through RabbitMQ's delay
+    exchanges by its whole seconds, and raises ``ValueError`` for one below 1 s."""
+    return _on_rabbitmq(app.conf) and any(
+        (queue.queue_arguments or {}).get("x-queue-type") == "quorum"
+        for queue in app.amqp.queues.values()
+    )
+
+
 def _accept_content(value: Any, serializer: str) -> tuple[str, ...]:
     """``durable_accept_content`` checked: every entry known to kombu, ``serializer`` in it."""
     if value is None:

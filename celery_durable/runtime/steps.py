@@ -319,6 +319,11 @@ class DurableStep(Task):  # type: ignore[misc]
             else:
                 delay = countdown if countdown is not None else self.default_retry_delay
                 due = now + timedelta(seconds=float(delay or 0))
+            # As a countdown the broker can carry (whole seconds on RabbitMQ quorum
+            # queues, where a fraction below 1 s raises).
+            countdown = self.durable.broker_countdown((due - now).total_seconds())
+            eta = None
+            due = now + timedelta(seconds=max(countdown, 0.0))
             if in_transaction(self, (workflow_id, run, seq, due)):
                 pass  # journaled once the step's transaction is rolled back
             else:

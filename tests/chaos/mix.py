@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from celery_durable import Durable, WorkflowContext, current_step, faults
 from celery_durable.stores.base import Store
@@ -85,6 +86,11 @@ class Flaky(Exception):
     """A transient failure; the step's Celery retry options retry it."""
 
 
+#: The quorum queue's delivery limit in the soak: below ``durable_max_resends`` + 1, so
+#: a broker redelivery that counted would drop a poison step before the journal's bound.
+QUORUM_DELIVERY_LIMIT = 3
+
+
 @dataclass(frozen=True)
 class MixConfig:
     """Where the mix runs and writes; ``env()`` carries it to worker subprocesses."""
@@ -99,6 +105,9 @@ class MixConfig:
     changed_code: bool = False
     """A bad deploy: ``mix.long_steps`` changed so that its journals no longer replay,
     and ``mix.timers`` missing (see :func:`make_mix_app`)."""
+    quorum: bool = False
+    """On RabbitMQ: the queue is a quorum queue on a topic exchange (Celery's native
+    delayed delivery) with a low ``x-delivery-limit`` (:data:`QUORUM_DELIVERY_LIMIT`)."""
 
     @property
     def log(self) -> Path:
@@ -124,6 +133,7 @@ class MixConfig:
             "MIX_ROOT": str(self.root),
             "MIX_GENERIC_STORE": "1" if self.generic_store else "",
             "MIX_CHANGED_CODE": "1" if self.changed_code else "",
+            "MIX_QUORUM": "1" if self.quorum else "",
         }
 
     @classmethod
@@ -135,6 +145,7 @@ class MixConfig:
             root=Path(env["MIX_ROOT"]),
             generic_store=bool(env.get("MIX_GENERIC_STORE")),
             changed_code=bool(env.get("MIX_CHANGED_CODE")),
+            quorum=bool(env.get("MIX_QUORUM")),
         )
 
 
@@ -222,6 +233,12 @@ def make_mix_app(config: MixConfig) -> MixApp:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
     )
+    if config.quorum:
+        exchange = Exchange(config.queue, type="topic")
+        arguments = {"x-queue-type": "quorum", "x-delivery-limit": QUORUM_DELIVERY_LIMIT}
+        app.conf.task_queues = [
+            Queue(config.queue, exchange, routing_key=config.queue, queue_arguments=arguments)
+        ]
     durable = Durable(app, store=_open_store(config))
     _duplicate_messages(app, config.duplicate_flag)
 

@@ -186,6 +186,7 @@ class Soak:
         *,
         seed: int = 0,
         generic_store: bool = False,
+        quorum: bool = False,
     ) -> None:
         self.broker = broker
         self.postgres = postgres
@@ -196,6 +197,7 @@ class Soak:
             queue=f"mix-{uuid.uuid4().hex[:8]}",
             root=root,
             generic_store=generic_store,
+            quorum=quorum,
         )
         self.mix: MixApp = make_mix_app(self.config)
         self.mix.durable.store.get("-")  # creates the schema before the audit and the workers
@@ -597,9 +599,12 @@ def run_soak(
     *,
     seed: int = 0,
     generic_store: bool = False,
+    quorum: bool = False,
 ) -> SoakRun:
     """Run rounds while ``faults_to_inject(round_number)`` names a fault (``None``: stop)."""
-    soak = Soak(root, broker, postgres, store_url, seed=seed, generic_store=generic_store)
+    soak = Soak(
+        root, broker, postgres, store_url, seed=seed, generic_store=generic_store, quorum=quorum
+    )
     soak.run.started = time.time()
     try:
         soak.start_cluster()

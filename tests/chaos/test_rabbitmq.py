@@ -19,7 +19,9 @@
   the ETA messages it holds, so on a direct exchange each would take a worker slot until
   due; the library then sends none (the tick fires the timers). On a topic exchange
   Celery's native delayed delivery has RabbitMQ hold them. Either way a worker of
-  concurrency 2 with three sleeping workflows keeps taking other work.
+  concurrency 2 with three sleeping workflows keeps taking other work. Delays under a
+  second (a timer, a step's Celery retry) are carried in whole seconds where RabbitMQ
+  delays them (Celery raises for less).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from celery_durable import Status
 from celery_durable.client import start
 from chaos import report
 from chaos.test_lost_steps import RESEND_BOUND, Trust, _databases, _trust
-from chaos.trust_app import CRASHES, NAP, POISON, SHORT
+from chaos.trust_app import CRASHES, NAP, POISON, QUICK, SHORT
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -190,6 +192,11 @@ def test_timers_on_a_quorum_queue_never_hold_a_worker_slot(
         assert trust.wait_done(other.id, 30) is Status.COMPLETED
         took = time.time() - began
         assert took < 6  # not held behind the timers (12 s)
+        # Delays under a second (a 0.4 s timer, retries 0.2 s apart): Celery's native
+        # delayed delivery carries whole seconds only, and raises for less.
+        quick = start(trust.durable, QUICK, (), {})
+        assert trust.wait_done(quick.id, 30) is Status.COMPLETED
+        assert quick.result(timeout=1) == "retried"
         for handle in naps:
             assert trust.wait_done(handle.id, 60) is Status.COMPLETED
         timers = [e for h in naps for e in h.history() if e.kind.value == "timer"]

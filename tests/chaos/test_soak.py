@@ -112,17 +112,20 @@ def test_crash_mid_transaction_on_the_generic_store(
 #: The RabbitMQ rounds (~50 s with the node's start): the faults whose path differs most
 #: from Redis's (the node restarted on its data, where Redis comes back empty; a dead
 #: consumer's unacked messages ready again at once, where Redis keeps them for the
-#: visibility timeout; a pool child's message requeued by ``basic.reject``). Every other
+#: visibility timeout; a pool child's step sent again as a new message). Every other
 #: fault runs on RabbitMQ in ``bench/chaos.py --broker rabbitmq`` (out of CI for time).
+#: The same rounds run again on a quorum queue (topic exchange, ``x-delivery-limit`` 3):
+#: redeliveries the broker counts, delayed messages held by RabbitMQ.
 RABBITMQ_ROUNDS = ["worker_group_kill", "rabbitmq_restart", "pool_child_kill"]
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("queue", ["classic", "quorum"])
 def test_rabbitmq_broker_killed_and_workers_killed_nothing_lost(
-    tmp_path: Path, rabbitmq_server: RabbitMQServer, postgres_server: PostgresServer
+    tmp_path: Path, rabbitmq_server: RabbitMQServer, postgres_server: PostgresServer, queue: str
 ) -> None:
     assert set(RABBITMQ_ROUNDS) <= set(RABBITMQ_FAULTS)
-    store = create_database(postgres_server.url, "rabbitmq_soak")
+    store = create_database(postgres_server.url, f"rabbitmq_soak_{queue}")
     run = run_soak(
         tmp_path,
         rabbitmq_server,
@@ -130,6 +133,7 @@ def test_rabbitmq_broker_killed_and_workers_killed_nothing_lost(
         store,
         lambda n: RABBITMQ_ROUNDS[n - 1] if n <= len(RABBITMQ_ROUNDS) else None,
         seed=11,
+        quorum=queue == "quorum",
     )
     verdict = check(run)
     assert verdict.ok, "\n".join(verdict.violations)

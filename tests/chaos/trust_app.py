@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from celery.signals import task_prerun
@@ -29,6 +30,7 @@ from chaos.mix import log_line
 POISON = "trust.poison_workflow"
 PLAIN_POISON = "trust.plain_poison_workflow"
 NEVER_STARTS = "trust.never_starting_workflow"
+QUICK = "trust.quick_workflow"
 NAP = "trust.nap"
 SHORT = "trust.short_steps"
 OVER_TIME = "trust.over_time_workflow"
@@ -149,6 +151,19 @@ def make_app(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[Celer
         await ctx.step(wake, "before")
         await ctx.sleep(seconds)
         return str(await ctx.step(wake, "after"))
+
+    @durable.step(name="trust.quick_retry", bind=True, max_retries=2)
+    def quick_retry(self: Any) -> str:
+        note("quick_retry", "start")
+        if self.request.retries < 2:
+            raise self.retry(countdown=0.2)  # shorter than a second
+        return "retried"
+
+    @durable.workflow(name=QUICK)
+    async def quick_workflow(ctx: WorkflowContext) -> str:
+        """Delays under a second: a 0.4 s timer, then Celery retries 0.2 s apart."""
+        await ctx.sleep(0.4)
+        return str(await ctx.step(quick_retry))
 
     @durable.workflow(name=OVER_TIME)
     async def over_time_workflow(ctx: WorkflowContext) -> str:

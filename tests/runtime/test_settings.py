@@ -135,3 +135,19 @@ def test_broker_errors_are_connection_errors_only(broker: str) -> None:
     assert OSError in errors
     assert not any(issubclass(KeyError, error) for error in errors)
     assert not any(issubclass(ValueError, error) for error in errors)
+
+
+def test_countdowns_go_in_whole_seconds_where_rabbitmq_delays_them() -> None:
+    """Celery's native delayed delivery (RabbitMQ with a quorum queue) routes a countdown
+    by its whole seconds and raises ValueError below 1 s: rounded up there, only there."""
+    quorum = Durable(_quorum_app("amqp://guest@localhost//", "topic"))
+    assert [quorum.broker_countdown(s) for s in (0.2, 1.0, 1.2, 0.0, -1.0)] == [
+        1.0,
+        1.0,
+        2.0,
+        0.0,
+        -1.0,
+    ]
+    classic = Durable(Celery("settings", broker="amqp://guest@localhost//", set_as_current=False))
+    redis = Durable(_quorum_app("redis://localhost", "topic"))  # queue arguments unused
+    assert classic.broker_countdown(0.2) == redis.broker_countdown(0.2) == 0.2
