@@ -158,3 +158,22 @@ def test_testing_example_runs_with_no_broker(tmp_path: Path) -> None:
     assert tests >= 2
     assert f"{tests} passed" in proc.stdout, proc.stdout
     assert "durable_env" in (tmp_path / "test_workflows.py").read_text()
+
+
+def test_the_quorum_queue_configuration_of_brokers() -> None:
+    """The Brokers section's quorum-queue snippet, applied to a RabbitMQ app: a quorum
+    queue on a topic exchange, so timers still go as ETA messages (RabbitMQ delays them)
+    and delays go in whole seconds."""
+    from celery import Celery
+
+    from celery_durable import Durable
+
+    (block,) = [code for lang, code in _FENCE.findall(_section("Brokers")) if lang == "python"]
+    app = Celery("readme", broker="amqp://guest@localhost//", set_as_current=False)
+    exec(compile(block, "README.md (Brokers)", "exec"), {"app": app})
+    queue = app.amqp.queues["celery"]
+    assert queue.queue_arguments == {"x-queue-type": "quorum"}
+    assert queue.exchange.type == "topic"
+    durable = Durable(app)
+    assert durable.settings.eta_max == 300.0  # not the direct-exchange fallback
+    assert durable.broker_countdown(0.4) == 1.0
