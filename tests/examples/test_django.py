@@ -103,26 +103,35 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 
 
-def test_the_django_project(tmp_path: Path, redis_url: str, database: str) -> None:
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(PROJECT), str(ROOT)]),
-        PYTHONWARNINGS="",
-        DJANGO_SETTINGS_MODULE="shop.settings",
-        SHOP_DATABASE=database,
-        CELERY_BROKER_URL=redis_url,
-    )
+def project_env(database: str, broker_url: str) -> dict[str, str]:
+    """The environment the project runs in (settings module, database, broker)."""
+    return {
+        "PYTHONPATH": os.pathsep.join([str(PROJECT), str(ROOT), str(Path(__file__).parent)]),
+        "PYTHONWARNINGS": "",
+        "DJANGO_SETTINGS_MODULE": "shop.settings",
+        "SHOP_DATABASE": database,
+        "CELERY_BROKER_URL": broker_url,
+    }
+
+
+def run_script(script: str, cwd: Path, env: dict[str, str], *args: str) -> str:
+    """Run ``script`` in a Python of the project's environment; its standard output."""
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=tmp_path,
-        env=env,
+        [sys.executable, "-c", script, *args],
+        cwd=cwd,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc.stdout
+
+
+def test_the_django_project(tmp_path: Path, redis_url: str, database: str) -> None:
+    out = run_script(SCRIPT, tmp_path, project_env(database, redis_url))
+    seen = json.loads(out.strip().splitlines()[-1])
     assert seen["result"] == f"confirmation sent for order {seen['page'][1]['id']}"
     assert seen["second"] == "LookupError"  # reserved once: the second placement fails
     # A transactional="django" step that fails: its ORM write rolled back, failure journaled.
@@ -174,29 +183,8 @@ def test_a_kill_between_the_orm_write_and_its_commit_reserves_once(
     the second run find the order reserved and fail the workflow with LookupError)."""
     crash_dir = tmp_path / "crash"
     crash_dir.mkdir()
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(PROJECT), str(ROOT), str(Path(__file__).parent)]),
-        "PYTHONWARNINGS": "",
-        "DJANGO_SETTINGS_MODULE": "shop.settings",
-        "SHOP_DATABASE": database,
-        "CELERY_BROKER_URL": redis_url,
-        "DJANGO_CRASH_DIR": str(crash_dir),
-    }
-
-    def client(command: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-c", CLIENT, command],
-            cwd=tmp_path,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
-
-    client("migrate")
+    env = {**project_env(database, redis_url), "DJANGO_CRASH_DIR": str(crash_dir)}
+    run_script(CLIENT, tmp_path, env, "migrate")
     (crash_dir / "step.effect").touch()
     (tmp_path / "run").mkdir()
     cluster = Cluster(tmp_path / "run", env, app_module="shop")
@@ -204,7 +192,7 @@ def test_a_kill_between_the_orm_write_and_its_commit_reserves_once(
         worker = cluster.worker("worker", concurrency=2, args=["--include", "django_crash"])
         cluster.wait_ready(worker)
         try:
-            seen = json.loads(client("place").strip().splitlines()[-1])
+            seen = json.loads(run_script(CLIENT, tmp_path, env, "place").strip().splitlines()[-1])
         except AssertionError:
             print(cluster.logs())
             raise
