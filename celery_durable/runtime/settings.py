@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+from celery.utils.quorum_queues import detect_quorum_queues
+
 from celery_durable.errors import ConfigurationError
 from celery_durable.runtime.codec import content_type
 from celery_durable.stores.base import DEFAULT_URL
@@ -247,7 +249,7 @@ def without_held_etas(app: Any, settings: Settings) -> Settings:
     sent; the tick fires every timer (within ``durable_tick_interval``), and a warning
     names the fix.
     """
-    if settings.eta_max <= TIMERS_IN_STORE or not _on_rabbitmq(app.conf):
+    if settings.eta_max <= TIMERS_IN_STORE or not whole_second_delays(app):
         return settings
     held = sorted(
         name
@@ -272,13 +274,13 @@ def without_held_etas(app: Any, settings: Settings) -> Settings:
 
 
 def whole_second_delays(app: Any) -> bool:
-    """Whether the broker carries delays in whole seconds: on RabbitMQ with a quorum
-    queue, Celery's native delayed delivery routes a countdown through RabbitMQ's delay
-    exchanges by its whole seconds, and raises ``ValueError`` for one below 1 s."""
-    return _on_rabbitmq(app.conf) and any(
-        (queue.queue_arguments or {}).get("x-queue-type") == "quorum"
-        for queue in app.amqp.queues.values()
-    )
+    """Whether the broker carries delays in whole seconds: where Celery finds a quorum
+    queue on RabbitMQ (its own ``detect_quorum_queues``), its native delayed delivery
+    routes a countdown through RabbitMQ's delay exchanges by its whole seconds, and
+    raises ``ValueError`` for one below 1 s."""
+    with app.connection_for_write() as connection:
+        driver_type = connection.transport.driver_type
+    return bool(detect_quorum_queues(app, driver_type)[0])
 
 
 def _accept_content(value: Any, serializer: str) -> tuple[str, ...]:
